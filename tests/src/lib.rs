@@ -1,0 +1,136 @@
+//! Helpers shared by the integration tests: a client for the local cluster, a namespace per test,
+//! a bounded poll, and the upstream `kubectl`/`helm` built by `deploy/local/build-binaries.sh`.
+//!
+//! The tests expect a running local cluster (`make cluster`, which `make test` starts itself).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `.local/` of the repository: the running local cluster's state.
+pub fn local_dir() -> PathBuf {
+    repo_root().join(".local")
+}
+
+/// Path of the admin kubeconfig written by `deploy/local/cluster.sh up`.
+pub fn kubeconfig_path() -> PathBuf {
+    local_dir().join("kubeconfig")
+}
+
+/// Directory with the upstream binaries (kubectl, helm, ...), recorded by `cluster.sh up`.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let file = local_dir().join("bin-dir");
+    let dir = std::fs::read_to_string(&file)
+        .with_context(|| format!("reading {} (is the local cluster up? run `make cluster`)", file.display()))?;
+    Ok(PathBuf::from(dir.trim()))
+}
+
+/// An admin client for the local cluster.
+pub async fn client() -> anyhow::Result<Client> {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading {} (is the local cluster up? run `make cluster`)", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Runs an upstream tool from the pinned bin dir (`kubectl`, `helm`) against the local cluster.
+pub fn tool(name: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let exe = bin_dir()?.join(name);
+    let out = Command::new(&exe)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .current_dir(repo_root())
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    Ok(out)
+}
+
+/// Runs `kubectl ARGS` and returns stdout, failing with stderr when it exits non-zero.
+pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    let out = tool("kubectl", args)?;
+    if !out.status.success() {
+        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, for at most `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > timeout {
+            match last_err {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A namespace of its own for one test. Call [`TestNs::delete`] at the end of a passing test; a
+/// failing test leaves its namespace behind for inspection.
+pub struct TestNs {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNs {
+    /// Creates a namespace named `<prefix>-<random>`.
+    pub async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let client = client().await?;
+        let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"activity-tests": "true"}}
+        }))?;
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        // The service account controller creates `default` shortly after; pods need it.
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for(Duration::from_secs(30), "default service account", || async {
+            Ok(sa.get_opt("default").await?)
+        })
+        .await?;
+        Ok(Self { name, client })
+    }
+
+    /// A namespaced API in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Deletes the namespace (background; the cluster's namespace controller finishes it).
+    pub async fn delete(self) -> anyhow::Result<()> {
+        Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::background()).await?;
+        Ok(())
+    }
+}
