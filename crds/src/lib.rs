@@ -1,1 +1,407 @@
-//! activity-crds
+//! The `heartbeat.dev/v1alpha1` `Activity` API: a unit of long-running work (a pod template,
+//! timeouts, a retry policy) that the operator runs as one worker pod per attempt.
+//!
+//! Every field's doc comment becomes its `kubectl explain` text. The contract these types
+//! implement is `DESIGN.md`; the generated CRD is `crds/activity.yaml` (`cargo run -p activity-crds
+//! --bin crdgen`).
+
+pub mod duration;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::{Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use duration::{DURATION_PATTERN, DurationError, format_duration, parse_duration};
+
+/// API group of the Activity resource.
+pub const GROUP: &str = "heartbeat.dev";
+/// Finalizer that holds a deleted Activity until its worker is gone.
+pub const FINALIZER: &str = "heartbeat.dev/cancellation";
+/// Label on every worker pod: the owning Activity's name.
+pub const LABEL_ACTIVITY: &str = "heartbeat.dev/activity";
+/// Label on every worker pod: the attempt number it runs.
+pub const LABEL_ATTEMPT: &str = "heartbeat.dev/attempt";
+/// Field manager of the operator's writes.
+pub const OPERATOR_MANAGER: &str = "activity-operator";
+/// Field manager of the worker's writes (heartbeats and outcomes).
+pub const WORKER_MANAGER: &str = "activity-worker";
+/// Environment variables given to every container of a worker pod.
+pub const ENV_NAME: &str = "ACTIVITY_NAME";
+pub const ENV_NAMESPACE: &str = "ACTIVITY_NAMESPACE";
+pub const ENV_ATTEMPT: &str = "ACTIVITY_ATTEMPT";
+/// Largest serialized size, in bytes, of `spec.input`, `status.heartbeatDetails` and a result that
+/// the worker SDK and `activity-worker exec` accept (the CRD schema cannot measure arbitrary JSON).
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+/// How many finished attempts `status.attempts` keeps.
+pub const ATTEMPT_HISTORY: usize = 10;
+
+/// An Activity: one unit of long-running work, run as a worker pod per attempt, with heartbeats,
+/// deadlines, retries with exponential backoff and cancellation.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "heartbeat.dev",
+    version = "v1alpha1",
+    kind = "Activity",
+    plural = "activities",
+    shortname = "act",
+    namespaced,
+    status = "ActivityStatus",
+    doc = "An Activity is a unit of long-running work run as one worker pod per attempt, with heartbeats, deadlines, retries and cancellation.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the activity is"),
+    printcolumn(name = "Attempt", type_ = "integer", json_path = ".status.attempt", description = "Current attempt"),
+    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.lastHeartbeatTime", description = "Age of the last heartbeat"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.heartbeatDetails.progress", description = "The `progress` field of the last heartbeat details, when the worker sends one"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("has(self.startToCloseTimeout) || has(self.scheduleToCloseTimeout)")
+        .message("at least one of spec.startToCloseTimeout and spec.scheduleToCloseTimeout is required"),
+    validation = Rule::new("!has(self.heartbeatTimeout) || (has(self.startToCloseTimeout) ? duration(self.heartbeatTimeout) <= duration(self.startToCloseTimeout) : (!has(self.scheduleToCloseTimeout) || duration(self.heartbeatTimeout) <= duration(self.scheduleToCloseTimeout)))")
+        .message("spec.heartbeatTimeout must be at most spec.startToCloseTimeout (or spec.scheduleToCloseTimeout when startToCloseTimeout is unset)")
+        .field_path(".heartbeatTimeout")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivitySpec {
+    /// Pod template of each attempt's worker pod. `restartPolicy` is forced to `Never`; every
+    /// container gets ACTIVITY_NAME, ACTIVITY_NAMESPACE and ACTIVITY_ATTEMPT. A template that names
+    /// no serviceAccountName runs as `activity-worker`. It must have at least one container.
+    #[schemars(schema_with = "template_schema")]
+    pub template: PodTemplateSpec,
+
+    /// Input of the activity: any JSON value, handed to the worker. At most 16 KiB serialized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json_schema")]
+    pub input: Option<Value>,
+
+    /// Maximum duration of one attempt, counted from its worker container starting (e.g. `2m`).
+    /// Retryable. Defaults to scheduleToCloseTimeout; at least one of the two is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    pub start_to_close_timeout: Option<String>,
+
+    /// Maximum gap between heartbeats within an attempt; the first gap counts from the worker
+    /// container starting. Unset or `0s` disables it. Must be at most startToCloseTimeout. Retryable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    pub heartbeat_timeout: Option<String>,
+
+    /// Maximum time from an attempt's pod being created to its worker container running (image
+    /// pull, scheduling). Never retried. Unset means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    pub schedule_to_start_timeout: Option<String>,
+
+    /// Maximum time for the whole activity, retries and backoff included, counted from its
+    /// creation. Never retried. Unset means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    pub schedule_to_close_timeout: Option<String>,
+
+    /// How failed attempts are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+
+    /// `true` cancels the activity but keeps the object, so its final phase stays visible.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+
+    /// After a cancel is requested, how long the worker may take to stop before its pod is
+    /// deleted. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    pub cancellation_grace_period: Option<String>,
+
+    /// Delete the finished Activity (and its pods) this many seconds after it finished. Unset keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+/// How failed attempts are retried: delay before attempt n+1 =
+/// min(initialInterval × backoffCoefficient^(n−1), maximumInterval).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("!has(self.initialInterval) || duration(self.initialInterval) > duration('0s')")
+        .message("spec.retryPolicy.initialInterval must be greater than 0")
+        .field_path(".initialInterval"),
+    validation = Rule::new("!has(self.maximumInterval) || !has(self.initialInterval) || duration(self.maximumInterval) >= duration(self.initialInterval)")
+        .message("spec.retryPolicy.maximumInterval must be at least spec.retryPolicy.initialInterval")
+        .field_path(".maximumInterval")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Delay before the second attempt. Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    pub initial_interval: Option<String>,
+
+    /// Multiplier of the delay per attempt; at least 1. Default 2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0))]
+    pub backoff_coefficient: Option<f64>,
+
+    /// Cap on the delay between attempts. Default 100 × initialInterval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    pub maximum_interval: Option<String>,
+
+    /// Total number of attempts: `0` means unlimited, `1` means no retries. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub maximum_attempts: Option<i32>,
+
+    /// Worker error types (exact match) that fail the activity at once, without retrying.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_retryable_error_types: Vec<String>,
+}
+
+/// Where an activity is. `Succeeded`, `Failed`, `TimedOut` and `Canceled` are terminal.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum Phase {
+    /// The attempt's pod exists but its worker is not running yet.
+    Pending,
+    /// The attempt's worker is running.
+    Running,
+    /// Waiting to start the next attempt (see nextAttemptScheduleTime).
+    BackingOff,
+    /// A cancel was requested; waiting for the worker to stop.
+    Canceling,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Canceled,
+}
+
+impl Phase {
+    /// Whether the activity has finished for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::TimedOut | Phase::Canceled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::BackingOff => "BackingOff",
+            Phase::Canceling => "Canceling",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::TimedOut => "TimedOut",
+            Phase::Canceled => "Canceled",
+        }
+    }
+}
+
+/// Which deadline lapsed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum TimeoutType {
+    StartToClose,
+    Heartbeat,
+    ScheduleToStart,
+    ScheduleToClose,
+}
+
+impl TimeoutType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutType::StartToClose => "StartToClose",
+            TimeoutType::Heartbeat => "Heartbeat",
+            TimeoutType::ScheduleToStart => "ScheduleToStart",
+            TimeoutType::ScheduleToClose => "ScheduleToClose",
+        }
+    }
+
+    /// Start-to-close and heartbeat timeouts are retried; the others end the activity.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, TimeoutType::StartToClose | TimeoutType::Heartbeat)
+    }
+}
+
+/// Observed state of an Activity. The operator alone writes it, except `lastHeartbeatTime`,
+/// `heartbeatDetails` and `outcome`, which the worker writes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityStatus {
+    /// Pending · Running · BackingOff · Canceling · Succeeded · Failed · TimedOut · Canceled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Current attempt number, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    /// Name of the current attempt's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// When the current attempt's pod was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_time: Option<Time>,
+    /// When the current attempt's worker container started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_time: Option<Time>,
+    /// When the activity reached a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_time: Option<Time>,
+    /// Time of the last accepted heartbeat (written by the worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
+    /// Details of the last accepted heartbeat: any JSON, kept across attempts so a retry resumes
+    /// where the previous attempt stopped (written by the worker; at most 16 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json_schema")]
+    pub heartbeat_details: Option<Value>,
+    /// While BackingOff: when the next attempt starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_schedule_time: Option<Time>,
+    /// When the cancel was first seen (deletion or spec.cancelRequested); the grace period counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_time: Option<Time>,
+    /// The most recent failure of an attempt or of the activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+    /// The worker's result on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json_schema")]
+    pub result: Option<Value>,
+    /// Written by the worker at the end of an attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Finished attempts, most recent last (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
+    /// Standard conditions: `Running`, `Finished`, `Succeeded`, each with a reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A failure of an attempt or of the whole activity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// The attempt that failed.
+    pub attempt: i32,
+    /// Error type: the worker's own type, `ExitCode`, `OOMKilled`, `Evicted`, `Timeout`,
+    /// `PodCreationFailed`, `InvalidSpec`, `PodDeleted`…
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Human-readable description.
+    pub message: String,
+    /// Whether this failure ended the activity without retrying.
+    #[serde(default)]
+    pub non_retryable: bool,
+    /// Which deadline lapsed, for timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_type: Option<TimeoutType>,
+    /// Exit code of the worker container, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Kubernetes reason (`Error`, `OOMKilled`, `Evicted`, `ErrImagePull`…), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the failure was recorded.
+    pub time: Time,
+}
+
+/// What the worker reported at the end of an attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// The attempt this outcome belongs to; outcomes of other attempts are ignored.
+    pub attempt: i32,
+    /// Whether the attempt succeeded.
+    pub succeeded: bool,
+    /// The result, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json_schema")]
+    pub result: Option<Value>,
+    /// The failure, when not succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<WorkerFailure>,
+    /// The worker stopped because it was canceled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub canceled: bool,
+}
+
+/// A failure as reported by the worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerFailure {
+    /// Error type, matched exactly against retryPolicy.nonRetryableErrorTypes.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Human-readable description.
+    #[serde(default)]
+    pub message: String,
+    /// The worker says this failure must not be retried.
+    #[serde(default)]
+    pub non_retryable: bool,
+}
+
+/// One finished attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub pod_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_time: Option<Time>,
+    pub closed_time: Time,
+    /// `Succeeded`, `Failed`, `TimedOut` or `Canceled`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+fn duration_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": DURATION_PATTERN,
+        "maxLength": 64,
+    })
+}
+
+fn any_json_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+}
+
+/// The pod template is checked for shape here (at least one named container with an image); the
+/// API server validates the rest when the pod is created, and the activity fails with its message.
+fn template_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "metadata": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+            "spec": {
+                "type": "object",
+                "required": ["containers"],
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {
+                    "containers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "image"],
+                            "x-kubernetes-preserve-unknown-fields": true,
+                            "properties": {
+                                "name": { "type": "string", "minLength": 1 },
+                                "image": { "type": "string", "minLength": 1 }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The CRD as YAML, exactly as committed in `crds/activity.yaml`.
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    let yaml = serde_norway::to_string(&Activity::crd())?;
+    Ok(format!("# Generated by `cargo run -p activity-crds --bin crdgen`; do not edit.\n{yaml}"))
+}
