@@ -1,1 +1,7 @@
-//! activity-operator
+//! The Activity operator: runs each attempt of an Activity as a worker pod, enforces its deadlines,
+//! retries with exponential backoff and delivers cancellation. `planner` decides (pure, clock
+//! injected); `controller` acts.
+
+pub mod config;
+pub mod planner;
+pub mod pods;

@@ -1,0 +1,607 @@
+//! The decisions: `(activity, its pods, now) -> plan`. Pure and clock-injected; the controller
+//! executes the plan. Every call recomputes from the object and its pods alone, so a restarted
+//! operator re-arms every deadline from status.
+//!
+//! Order of execution (the controller's): add finalizer, write status, pod actions, then finalizer
+//! removal or TTL deletion. Status is written *before* a pod is created, so a worker always finds
+//! its attempt recorded, and a crash between the two only leads to the same (deterministically
+//! named) pod being created again.
+
+use std::time::Duration;
+
+use activity_crds::{
+    ATTEMPT_HISTORY, Activity, ActivityStatus, AttemptRecord, FINALIZER, Failure, Phase, TimeoutType, format_duration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+
+use crate::config::Settings;
+use crate::pods::{Exit, PodView, WorkerState, pod_name};
+
+/// What the controller should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    AddFinalizer,
+    /// Create the pod of this attempt (AlreadyExists counts as done).
+    CreatePod { attempt: i32 },
+    /// Delete this pod with its own grace period (SIGTERM, then SIGKILL).
+    DeletePod { name: String },
+    RemoveFinalizer,
+    /// `ttlSecondsAfterFinished` has passed.
+    DeleteActivity,
+}
+
+/// A Kubernetes Event to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub warning: bool,
+    /// PascalCase reason, e.g. `HeartbeatTimedOut`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The result of planning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The whole desired status (worker-owned fields carried over unchanged).
+    pub status: ActivityStatus,
+    pub actions: Vec<Action>,
+    pub events: Vec<Event>,
+    /// When to look again: the nearest deadline, if any.
+    pub requeue_after: Option<Duration>,
+}
+
+impl Plan {
+    pub fn has(&self, action: &Action) -> bool {
+        self.actions.contains(action)
+    }
+}
+
+/// Plans the next step for `activity` given its worker pods, at `now`.
+pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
+    let current = activity.status.clone().unwrap_or_default();
+    let mut p = Planner {
+        activity,
+        pods,
+        now,
+        status: current.clone(),
+        actions: Vec::new(),
+        events: Vec::new(),
+        deadlines: Vec::new(),
+        waiting: None,
+    };
+    let deleting = activity.metadata.deletion_timestamp.is_some();
+    let has_finalizer = activity.finalizers().iter().any(|f| f == FINALIZER);
+    if deleting && !has_finalizer {
+        // Not held by us: nothing to clean up, the object is going away.
+        return Plan { status: current, actions: vec![], events: vec![], requeue_after: None };
+    }
+    let settings = Settings::from_spec(&activity.spec);
+    if !p.phase().is_some_and(Phase::is_terminal) {
+        if !deleting && !has_finalizer {
+            p.actions.push(Action::AddFinalizer);
+        }
+        match &settings {
+            Ok(s) => p.advance(s, deleting),
+            Err(e) => {
+                let failure = p.failure("InvalidSpec", e.to_string(), true);
+                p.events.push(Event { warning: true, reason: "InvalidSpec", message: e.to_string() });
+                p.finish(Phase::Failed, Some(failure), None);
+            }
+        }
+    }
+    p.stop_stray_pods(deleting);
+    if p.phase().is_some_and(Phase::is_terminal) {
+        let live = pods.iter().any(|pod| pod.worker.is_live());
+        if has_finalizer && !(deleting && live) {
+            p.actions.push(Action::RemoveFinalizer);
+        }
+        let ttl = settings.as_ref().ok().and_then(|s| s.ttl_after_finished);
+        if let (Some(ttl), Some(closed), false) = (ttl, p.status.closed_time.as_ref(), deleting) {
+            let at = add(closed.0, ttl);
+            if now >= at {
+                p.actions.push(Action::DeleteActivity);
+            } else {
+                p.deadlines.push(at);
+            }
+        }
+    }
+    p.status.observed_generation = activity.metadata.generation;
+    p.status.conditions = conditions(&current.conditions, &p.status, p.waiting.as_deref(), now);
+    let requeue_after = p.deadlines.iter().min().map(|d| {
+        let wait = d.duration_since(now).unsigned_abs();
+        // A timer never fires early, but one millisecond more keeps `now >= deadline` true on wake.
+        wait + Duration::from_millis(1)
+    });
+    Plan { status: p.status, actions: p.actions, events: p.events, requeue_after }
+}
+
+struct Planner<'a> {
+    activity: &'a Activity,
+    pods: &'a [PodView],
+    now: Timestamp,
+    status: ActivityStatus,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    deadlines: Vec<Timestamp>,
+    /// Why the current attempt's worker is not running yet (for the Running condition).
+    waiting: Option<String>,
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d).ok().and_then(|d| t.checked_add(d).ok()).unwrap_or(Timestamp::MAX)
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+impl Planner<'_> {
+    fn phase(&self) -> Option<Phase> {
+        self.status.phase
+    }
+
+    fn attempt(&self) -> i32 {
+        self.status.attempt.unwrap_or(0)
+    }
+
+    fn name(&self) -> String {
+        self.activity.name_any()
+    }
+
+    fn current_pod(&self) -> Option<&PodView> {
+        let name = self.status.pod_name.as_deref()?;
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    fn failure(&self, type_: &str, message: String, non_retryable: bool) -> Failure {
+        Failure {
+            attempt: self.attempt(),
+            type_: type_.to_string(),
+            message,
+            non_retryable,
+            timeout_type: None,
+            exit_code: None,
+            reason: None,
+            time: time(self.now),
+        }
+    }
+
+    /// Moves a live activity forward.
+    fn advance(&mut self, s: &Settings, deleting: bool) {
+        let cancel =
+            deleting || self.activity.spec.cancel_requested || self.phase() == Some(Phase::Canceling);
+        if cancel {
+            return self.cancel(s);
+        }
+        if let Some(limit) = s.schedule_to_close {
+            let deadline = add(self.created(), limit);
+            if self.now >= deadline {
+                let failure = self.timeout_failure(
+                    TimeoutType::ScheduleToClose,
+                    format!("the activity did not finish within scheduleToCloseTimeout {}", format_duration(limit)),
+                );
+                self.record_attempt_if_live("TimedOut", Some(&failure));
+                return self.finish(Phase::TimedOut, Some(failure), None);
+            }
+            self.deadlines.push(deadline);
+        }
+        match self.phase() {
+            None => self.start_attempt(s, 1),
+            Some(Phase::BackingOff) => match self.status.next_attempt_schedule_time.as_ref().map(|t| t.0) {
+                Some(next) if self.now < next => self.deadlines.push(next),
+                _ => self.start_attempt(s, self.attempt() + 1),
+            },
+            Some(_) if self.status.attempt.is_none() => self.start_attempt(s, 1),
+            Some(_) => self.check_attempt(s),
+        }
+    }
+
+    fn created(&self) -> Timestamp {
+        self.activity.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(self.now)
+    }
+
+    fn start_attempt(&mut self, s: &Settings, attempt: i32) {
+        let pod = pod_name(&self.name(), attempt);
+        self.status.phase = Some(Phase::Pending);
+        self.status.attempt = Some(attempt);
+        self.status.pod_name = Some(pod.clone());
+        self.status.scheduled_time = Some(time(self.now));
+        self.status.started_time = None;
+        self.status.next_attempt_schedule_time = None;
+        self.actions.push(Action::CreatePod { attempt });
+        self.events.push(Event {
+            warning: false,
+            reason: "AttemptStarted",
+            message: format!("attempt {attempt}: created pod {pod}"),
+        });
+        if let Some(limit) = s.schedule_to_start {
+            self.deadlines.push(add(self.now, limit));
+        }
+    }
+
+    /// Pending or Running: judge the current attempt from the worker's outcome, its pod and the deadlines.
+    fn check_attempt(&mut self, s: &Settings) {
+        let attempt = self.attempt();
+        if let Some(outcome) = self.status.outcome.clone().filter(|o| o.attempt == attempt) {
+            if outcome.succeeded {
+                self.record_attempt_if_live("Succeeded", None);
+                return self.finish(Phase::Succeeded, None, outcome.result);
+            }
+            let failure = match outcome.failure {
+                Some(f) => {
+                    let non_retryable = f.non_retryable;
+                    self.failure(&f.type_, f.message, non_retryable)
+                }
+                None if outcome.canceled => self.failure(
+                    "WorkerCanceled",
+                    "the worker stopped on a cancellation the operator did not request (its pod was deleted or sent SIGTERM)"
+                        .into(),
+                    false,
+                ),
+                None => self.failure("WorkerFailed", "the worker reported a failure without details".into(), false),
+            };
+            return self.fail_attempt(s, failure);
+        }
+        let Some(pod) = self.current_pod().cloned() else {
+            if self.status.started_time.is_some() {
+                let failure = self.failure("PodDeleted", "the worker pod disappeared while it was running".into(), false);
+                return self.fail_attempt(s, failure);
+            }
+            // Not seen yet (or deleted before it started): (re)create it under the same name.
+            self.actions.push(Action::CreatePod { attempt });
+            return self.arm_schedule_to_start(s);
+        };
+        match pod.worker {
+            WorkerState::Waiting { reason, message } => {
+                self.waiting = reason.map(|r| match message {
+                    Some(m) => format!("{r}: {m}"),
+                    None => r,
+                });
+                self.arm_schedule_to_start(s);
+            }
+            WorkerState::Running { started_at } => {
+                if self.phase() != Some(Phase::Running) || self.status.started_time.is_none() {
+                    self.status.phase = Some(Phase::Running);
+                    // The API's startedAt has whole seconds; the true start lies within the second
+                    // after it, and not after now: never count the start earlier than it was.
+                    let started = started_at
+                        .map(|t| add(t, Duration::from_secs(1)).min(self.now))
+                        .unwrap_or(self.now);
+                    self.status.started_time = Some(time(started));
+                }
+                self.arm_running_deadlines(s);
+            }
+            WorkerState::Exited(exit) => {
+                if self.status.started_time.is_none() {
+                    self.status.started_time = exit.started_at.map(time);
+                }
+                match self.judge_exit(&exit) {
+                    None => {
+                        self.record_attempt_if_live("Succeeded", None);
+                        self.finish(Phase::Succeeded, None, None);
+                    }
+                    Some(failure) => self.fail_attempt(s, failure),
+                }
+            }
+        }
+    }
+
+    fn arm_schedule_to_start(&mut self, s: &Settings) {
+        let (Some(limit), Some(scheduled)) = (s.schedule_to_start, self.status.scheduled_time.as_ref()) else {
+            return;
+        };
+        let deadline = add(scheduled.0, limit);
+        if self.now >= deadline {
+            let why = self.waiting.clone().map(|w| format!(" ({w})")).unwrap_or_default();
+            let failure = self.timeout_failure(
+                TimeoutType::ScheduleToStart,
+                format!(
+                    "the worker of attempt {} did not start within scheduleToStartTimeout {}{why}",
+                    self.attempt(),
+                    format_duration(limit)
+                ),
+            );
+            self.record_attempt_if_live("TimedOut", Some(&failure));
+            self.finish(Phase::TimedOut, Some(failure), None);
+        } else {
+            self.deadlines.push(deadline);
+        }
+    }
+
+    fn arm_running_deadlines(&mut self, s: &Settings) {
+        let Some(started) = self.status.started_time.as_ref().map(|t| t.0) else { return };
+        let start_to_close = add(started, s.start_to_close);
+        if self.now >= start_to_close {
+            let failure = self.timeout_failure(
+                TimeoutType::StartToClose,
+                format!(
+                    "attempt {} did not finish within startToCloseTimeout {}",
+                    self.attempt(),
+                    format_duration(s.start_to_close)
+                ),
+            );
+            return self.fail_attempt(s, failure);
+        }
+        self.deadlines.push(start_to_close);
+        if let Some(limit) = s.heartbeat {
+            let last = self.status.last_heartbeat_time.as_ref().map(|t| t.0).filter(|t| *t > started);
+            let deadline = add(last.unwrap_or(started), limit);
+            if self.now >= deadline {
+                let since = if last.is_some() { "the last heartbeat" } else { "the worker started (no heartbeat yet)" };
+                let failure = self.timeout_failure(
+                    TimeoutType::Heartbeat,
+                    format!(
+                        "attempt {}: no heartbeat within heartbeatTimeout {} since {since}",
+                        self.attempt(),
+                        format_duration(limit)
+                    ),
+                );
+                return self.fail_attempt(s, failure);
+            }
+            self.deadlines.push(deadline);
+        }
+    }
+
+    fn timeout_failure(&self, kind: TimeoutType, message: String) -> Failure {
+        Failure {
+            timeout_type: Some(kind),
+            non_retryable: !kind.is_retryable(),
+            ..self.failure("Timeout", message, false)
+        }
+    }
+
+    /// `None` = success (exit 0 without an outcome counts as success with no result).
+    fn judge_exit(&self, exit: &Exit) -> Option<Failure> {
+        let attempt = self.attempt();
+        let (type_, message) = if exit.disrupted {
+            let why = exit.message.clone().unwrap_or_else(|| "evicted or preempted".into());
+            ("Evicted", format!("attempt {attempt}: the worker pod was disrupted: {why}"))
+        } else if exit.reason.as_deref() == Some("OOMKilled") {
+            ("OOMKilled", format!("attempt {attempt}: the worker ran out of memory (OOMKilled)"))
+        } else {
+            match exit.exit_code {
+                Some(0) => return None,
+                Some(code) => ("ExitCode", format!("attempt {attempt}: the worker exited with code {code}")),
+                None => {
+                    let why = exit.message.clone().or(exit.reason.clone()).unwrap_or_else(|| "unknown reason".into());
+                    ("PodFailed", format!("attempt {attempt}: the worker pod failed: {why}"))
+                }
+            }
+        };
+        let message = match (type_, exit.exit_code) {
+            ("OOMKilled" | "Evicted", Some(code)) => format!("{message} (exit code {code})"),
+            _ => message,
+        };
+        Some(Failure {
+            exit_code: exit.exit_code,
+            reason: exit.reason.clone(),
+            ..self.failure(type_, message, false)
+        })
+    }
+
+    /// The current attempt failed: retry after backoff, or finish.
+    fn fail_attempt(&mut self, s: &Settings, mut failure: Failure) {
+        let attempt = self.attempt();
+        let timed_out = failure.timeout_type.is_some();
+        let outcome = if timed_out { "TimedOut" } else { "Failed" };
+        if let Some(kind) = failure.timeout_type {
+            self.events.push(Event {
+                warning: true,
+                reason: match kind {
+                    TimeoutType::Heartbeat => "HeartbeatTimedOut",
+                    TimeoutType::StartToClose => "StartToCloseTimedOut",
+                    TimeoutType::ScheduleToStart => "ScheduleToStartTimedOut",
+                    TimeoutType::ScheduleToClose => "ScheduleToCloseTimedOut",
+                },
+                message: failure.message.clone(),
+            });
+        } else {
+            self.events.push(Event {
+                warning: true,
+                reason: "AttemptFailed",
+                message: format!("{}: {}", failure.type_, failure.message),
+            });
+        }
+        let final_phase = if timed_out { Phase::TimedOut } else { Phase::Failed };
+        if failure.non_retryable || s.retry.is_non_retryable_type(&failure.type_) {
+            failure.non_retryable = true;
+            self.record_attempt_if_live(outcome, Some(&failure));
+            return self.finish(final_phase, Some(failure), None);
+        }
+        self.record_attempt_if_live(outcome, Some(&failure));
+        if !s.retry.attempts_left_after(attempt) {
+            failure.message = format!("{} (maximumAttempts {} reached)", failure.message, s.retry.maximum_attempts);
+            return self.finish(final_phase, Some(failure), None);
+        }
+        let delay = s.retry.delay_after(attempt);
+        let next = add(self.now, delay);
+        if let Some(limit) = s.schedule_to_close {
+            let deadline = add(self.created(), limit);
+            if next >= deadline {
+                let stop = self.timeout_failure(
+                    TimeoutType::ScheduleToClose,
+                    format!(
+                        "no retry: attempt {} would start after the scheduleToCloseTimeout {} deadline; last failure: {}",
+                        attempt + 1,
+                        format_duration(limit),
+                        failure.message
+                    ),
+                );
+                self.events.push(Event {
+                    warning: true,
+                    reason: "ScheduleToCloseTimedOut",
+                    message: stop.message.clone(),
+                });
+                return self.finish(Phase::TimedOut, Some(stop), None);
+            }
+        }
+        self.status.last_failure = Some(failure);
+        self.status.phase = Some(Phase::BackingOff);
+        self.status.next_attempt_schedule_time = Some(time(next));
+        self.deadlines.push(next);
+        self.events.push(Event {
+            warning: false,
+            reason: "RetryScheduled",
+            message: format!("attempt {} starts in {}", attempt + 1, format_duration(delay)),
+        });
+    }
+
+    /// Cancellation (deletion or `spec.cancelRequested`).
+    fn cancel(&mut self, s: &Settings) {
+        if self.status.cancel_requested_time.is_none() {
+            self.status.cancel_requested_time = Some(time(self.now));
+            let how = if self.activity.metadata.deletion_timestamp.is_some() { "deleted" } else { "spec.cancelRequested" };
+            self.events.push(Event {
+                warning: false,
+                reason: "CancelRequested",
+                message: format!("cancel requested ({how})"),
+            });
+        }
+        let pod = self.current_pod().cloned();
+        let worker_running = matches!(self.phase(), Some(Phase::Running | Phase::Canceling))
+            && pod.as_ref().is_some_and(|p| p.worker.is_live());
+        if !worker_running {
+            // Pending, BackingOff, never started, or the worker is already gone: cancel at once.
+            self.record_attempt_if_live("Canceled", None);
+            return self.finish(Phase::Canceled, None, None);
+        }
+        let attempt = self.attempt();
+        if let Some(outcome) = self.status.outcome.clone().filter(|o| o.attempt == attempt && o.succeeded) {
+            // The worker finished before it heard of the cancel: its completion stands.
+            self.record_attempt_if_live("Succeeded", None);
+            return self.finish(Phase::Succeeded, None, outcome.result);
+        }
+        self.status.phase = Some(Phase::Canceling);
+        self.status.next_attempt_schedule_time = None;
+        let requested = self.status.cancel_requested_time.as_ref().map(|t| t.0).unwrap_or(self.now);
+        let grace_end = add(requested, s.cancellation_grace);
+        if self.now >= grace_end {
+            if let Some(pod) = pod.filter(|p| !p.deleting) {
+                self.events.push(Event {
+                    warning: true,
+                    reason: "CancellationGraceExpired",
+                    message: format!(
+                        "the worker did not stop within cancellationGracePeriod {}: deleting pod {}",
+                        format_duration(s.cancellation_grace),
+                        pod.name
+                    ),
+                });
+                self.actions.push(Action::DeletePod { name: pod.name });
+            }
+        } else {
+            self.deadlines.push(grace_end);
+        }
+    }
+
+    /// Deletes every live pod that is not the current attempt's running worker.
+    fn stop_stray_pods(&mut self, deleting: bool) {
+        let live_phase = matches!(self.phase(), Some(Phase::Pending | Phase::Running | Phase::Canceling));
+        let reported = self.status.outcome.as_ref().map(|o| o.attempt);
+        for pod in self.pods {
+            if !pod.worker.is_live() || pod.deleting {
+                continue;
+            }
+            let current = live_phase && self.status.pod_name.as_deref() == Some(pod.name.as_str());
+            // A worker that reported its outcome is exiting by itself; leave it unless deleting.
+            let exiting = pod.attempt.is_some() && pod.attempt == reported && !deleting;
+            let action = Action::DeletePod { name: pod.name.clone() };
+            if !current && !exiting && !self.actions.contains(&action) {
+                self.actions.push(action);
+            }
+        }
+    }
+
+    /// Appends the current attempt to the history, once.
+    fn record_attempt_if_live(&mut self, outcome: &str, failure: Option<&Failure>) {
+        let (Some(attempt), Some(pod_name)) = (self.status.attempt, self.status.pod_name.clone()) else { return };
+        if self.status.attempts.last().is_some_and(|r| r.attempt == attempt) {
+            return;
+        }
+        self.status.attempts.push(AttemptRecord {
+            attempt,
+            pod_name,
+            started_time: self.status.started_time.clone(),
+            closed_time: time(self.now),
+            outcome: outcome.to_string(),
+            failure: failure.cloned(),
+        });
+        let excess = self.status.attempts.len().saturating_sub(ATTEMPT_HISTORY);
+        self.status.attempts.drain(..excess);
+    }
+
+    fn finish(&mut self, phase: Phase, failure: Option<Failure>, result: Option<serde_json::Value>) {
+        self.status.phase = Some(phase);
+        self.status.closed_time = Some(time(self.now));
+        self.status.next_attempt_schedule_time = None;
+        if failure.is_some() {
+            self.status.last_failure = failure;
+        }
+        if result.is_some() {
+            self.status.result = result;
+        }
+        let message = match (&self.status.last_failure, phase) {
+            (Some(f), Phase::Failed | Phase::TimedOut) => format!("{}: {}", f.type_, f.message),
+            _ => format!("activity {} after {} attempt(s)", phase.as_str().to_lowercase(), self.attempt()),
+        };
+        self.events.push(Event {
+            warning: matches!(phase, Phase::Failed | Phase::TimedOut),
+            reason: phase.as_str(),
+            message,
+        });
+    }
+}
+
+/// The standard conditions for `status`: `Running`, `Finished` and `Succeeded`, keeping
+/// `lastTransitionTime` of a condition whose status did not change.
+fn conditions(previous: &[Condition], status: &ActivityStatus, waiting: Option<&str>, now: Timestamp) -> Vec<Condition> {
+    let Some(phase) = status.phase else { return previous.to_vec() };
+    let reason = phase.as_str().to_string();
+    let terminal = phase.is_terminal();
+    let running_message = match (phase, waiting) {
+        (Phase::Pending, Some(w)) => format!("attempt {}: waiting for the worker: {w}", status.attempt.unwrap_or(0)),
+        (Phase::Running, _) => format!("attempt {} is running", status.attempt.unwrap_or(0)),
+        _ => format!("phase {reason}"),
+    };
+    let finished_message = match (&status.last_failure, phase) {
+        (Some(f), Phase::Failed | Phase::TimedOut) => f.message.clone(),
+        _ if terminal => format!("phase {reason}"),
+        _ => "not finished".to_string(),
+    };
+    let wanted = [
+        ("Running", if phase == Phase::Running { "True" } else { "False" }, running_message),
+        ("Finished", if terminal { "True" } else { "False" }, finished_message.clone()),
+        (
+            "Succeeded",
+            match phase {
+                Phase::Succeeded => "True",
+                _ if terminal => "False",
+                _ => "Unknown",
+            },
+            finished_message,
+        ),
+    ];
+    wanted
+        .into_iter()
+        .map(|(type_, state, message)| {
+            let old = previous.iter().find(|c| c.type_ == type_);
+            let last_transition_time = match old {
+                Some(c) if c.status == state => c.last_transition_time.clone(),
+                _ => time(now),
+            };
+            Condition {
+                type_: type_.to_string(),
+                status: state.to_string(),
+                reason: reason.clone(),
+                message,
+                last_transition_time,
+                observed_generation: status.observed_generation,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "planner_tests.rs"]
+mod tests;

@@ -1,0 +1,496 @@
+//! Table-driven tests of the planner: every phase × event × deadline, with fixed timestamps.
+
+use super::*;
+use crate::pods::Exit;
+use activity_crds::{Outcome, WorkerFailure};
+use serde_json::json;
+
+const T0: i64 = 1_800_000_000; // activity creation, whole seconds like the API's timestamps
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(T0 * 1000 + ms).unwrap()
+}
+
+fn activity(spec: serde_json::Value) -> Activity {
+    let mut full = json!({"template": {"spec": {"containers": [{"name": "w", "image": "worker"}]}}});
+    full.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
+        "metadata": {"name": "job", "namespace": "ns", "uid": "u1", "generation": 1,
+                     "creationTimestamp": at(0).to_string(), "finalizers": [FINALIZER]},
+        "spec": full
+    }))
+    .unwrap()
+}
+
+/// The seed's settings: start-to-close 2m, heartbeat 5s, retry 1s × 2, 4 attempts.
+fn seed() -> Activity {
+    activity(json!({
+        "startToCloseTimeout": "2m", "heartbeatTimeout": "5s",
+        "retryPolicy": {"initialInterval": "1s", "backoffCoefficient": 2.0, "maximumAttempts": 4}
+    }))
+}
+
+fn waiting(attempt: i32, reason: Option<&str>) -> PodView {
+    PodView {
+        name: format!("job-{attempt}"),
+        attempt: Some(attempt),
+        deleting: false,
+        worker: WorkerState::Waiting { reason: reason.map(String::from), message: None },
+    }
+}
+
+fn running(attempt: i32, started_ms: i64) -> PodView {
+    PodView {
+        name: format!("job-{attempt}"),
+        attempt: Some(attempt),
+        deleting: false,
+        worker: WorkerState::Running { started_at: Some(at(started_ms)) },
+    }
+}
+
+fn exited(attempt: i32, code: Option<i32>, reason: &str, disrupted: bool) -> PodView {
+    PodView {
+        name: format!("job-{attempt}"),
+        attempt: Some(attempt),
+        deleting: false,
+        worker: WorkerState::Exited(Exit {
+            exit_code: code,
+            reason: Some(reason.into()),
+            message: None,
+            disrupted,
+            started_at: Some(at(0)),
+        }),
+    }
+}
+
+/// Applies a plan's status to the activity, as the controller's status write would.
+fn applied(mut a: Activity, plan: &Plan) -> Activity {
+    a.status = Some(plan.status.clone());
+    a
+}
+
+/// An activity whose attempt `n` pod was created at `scheduled_ms` and is running since `started_ms`.
+fn running_activity(mut a: Activity, n: i32, started_ms: i64) -> Activity {
+    a.status = Some(ActivityStatus {
+        phase: Some(Phase::Running),
+        attempt: Some(n),
+        pod_name: Some(format!("job-{n}")),
+        scheduled_time: Some(Time(at(started_ms - 500))),
+        started_time: Some(Time(at(started_ms))),
+        ..ActivityStatus::default()
+    });
+    a
+}
+
+fn reasons(plan: &Plan) -> Vec<&'static str> {
+    plan.events.iter().map(|e| e.reason).collect()
+}
+
+#[test]
+fn a_new_activity_gets_its_finalizer_and_first_pod_recorded() {
+    let mut a = seed();
+    a.metadata.finalizers = None;
+    let p = plan(&a, &[], at(100));
+    assert_eq!(p.actions, vec![Action::AddFinalizer, Action::CreatePod { attempt: 1 }]);
+    assert_eq!(p.status.phase, Some(Phase::Pending));
+    assert_eq!(p.status.attempt, Some(1));
+    assert_eq!(p.status.pod_name.as_deref(), Some("job-1"));
+    assert_eq!(p.status.scheduled_time, Some(Time(at(100))));
+    assert_eq!(p.status.observed_generation, Some(1));
+    assert_eq!(reasons(&p), vec!["AttemptStarted"]);
+    assert_eq!(p.requeue_after, None, "no deadline before the worker starts without scheduleToStart");
+}
+
+#[test]
+fn a_pod_not_yet_in_the_cache_is_created_again_without_new_events() {
+    let a = applied(seed(), &plan(&seed(), &[], at(100)));
+    let p = plan(&a, &[], at(150));
+    assert_eq!(p.actions, vec![Action::CreatePod { attempt: 1 }]);
+    assert!(p.events.is_empty());
+    assert_eq!(p.status, a.status.clone().unwrap(), "nothing to write");
+}
+
+#[test]
+fn the_worker_starting_moves_to_running_and_arms_both_deadlines() {
+    let a = applied(seed(), &plan(&seed(), &[], at(100)));
+    // startedAt has whole seconds: 0 s reported, seen at 2.3 s; true start is within [0, 1 s).
+    let p = plan(&a, &[running(1, 0)], at(2_300));
+    assert_eq!(p.status.phase, Some(Phase::Running));
+    assert_eq!(p.status.started_time, Some(Time(at(1_000))));
+    assert!(p.actions.is_empty());
+    // heartbeat deadline 1 s + 5 s = 6 s, sooner than start-to-close (121 s)
+    assert_eq!(p.requeue_after, Some(Duration::from_millis(3_701)));
+    // seen promptly: the start is taken as now
+    let p = plan(&a, &[running(1, 0)], at(400));
+    assert_eq!(p.status.started_time, Some(Time(at(400))));
+}
+
+#[test]
+fn a_heartbeat_changes_no_operator_field() {
+    let mut a = running_activity(seed(), 1, 1_000);
+    let first = plan(&a, &[running(1, 0)], at(2_000));
+    a = applied(a, &first);
+    let before = a.status.clone().unwrap();
+    let status = a.status.as_mut().unwrap();
+    status.last_heartbeat_time = Some(Time(at(4_000)));
+    status.heartbeat_details = Some(json!({"lastItem": 3}));
+    let p = plan(&a, &[running(1, 0)], at(4_010));
+    assert!(p.actions.is_empty() && p.events.is_empty());
+    let mut expected = before;
+    expected.last_heartbeat_time = Some(Time(at(4_000)));
+    expected.heartbeat_details = Some(json!({"lastItem": 3}));
+    assert_eq!(p.status, expected, "only the worker's fields differ, so the operator writes nothing");
+    // the heartbeat moved the deadline: 4 s + 5 s
+    assert_eq!(p.requeue_after, Some(Duration::from_millis(4_991)));
+}
+
+#[test]
+fn deadlines_are_never_enforced_early_and_enforced_at_the_instant() {
+    // (case, spec, last heartbeat ms, now ms, expected timeout)
+    let hb = json!({"startToCloseTimeout": "10s", "heartbeatTimeout": "2s"});
+    let table: [(&str, serde_json::Value, Option<i64>, i64, Option<TimeoutType>); 6] = [
+        ("heartbeat 1 ms early", hb.clone(), None, 1_000 + 1_999, None),
+        ("heartbeat at deadline", hb.clone(), None, 1_000 + 2_000, Some(TimeoutType::Heartbeat)),
+        ("heartbeat after a beat", hb.clone(), Some(2_500), 2_500 + 1_999, None),
+        ("heartbeat after a beat, late", hb.clone(), Some(2_500), 2_500 + 2_000, Some(TimeoutType::Heartbeat)),
+        ("start-to-close 1 ms early", json!({"startToCloseTimeout": "10s"}), None, 10_999, None),
+        ("start-to-close at deadline", json!({"startToCloseTimeout": "10s"}), None, 11_000, Some(TimeoutType::StartToClose)),
+    ];
+    for (case, spec, beat, now, expected) in table {
+        let mut a = running_activity(activity(spec), 1, 1_000);
+        a.status.as_mut().unwrap().last_heartbeat_time = beat.map(|b| Time(at(b)));
+        let p = plan(&a, &[running(1, 0)], at(now));
+        let got = p.status.last_failure.as_ref().and_then(|f| f.timeout_type);
+        assert_eq!(got, expected, "{case}");
+        if expected.is_some() {
+            assert_eq!(p.status.phase, Some(Phase::BackingOff), "{case}");
+            assert!(p.has(&Action::DeletePod { name: "job-1".into() }), "{case}: the hung worker is stopped");
+        } else {
+            assert_eq!(p.status.phase, Some(Phase::Running), "{case}");
+        }
+    }
+}
+
+#[test]
+fn a_heartbeat_timeout_schedules_the_retry_with_backoff() {
+    let a = running_activity(seed(), 1, 1_000);
+    let p = plan(&a, &[running(1, 0)], at(6_000));
+    assert_eq!(reasons(&p), vec!["HeartbeatTimedOut", "RetryScheduled"]);
+    let f = p.status.last_failure.clone().unwrap();
+    assert_eq!((f.type_.as_str(), f.timeout_type, f.non_retryable, f.attempt), ("Timeout", Some(TimeoutType::Heartbeat), false, 1));
+    assert_eq!(p.status.next_attempt_schedule_time, Some(Time(at(7_000))));
+    assert_eq!(p.status.attempts.len(), 1);
+    assert_eq!(p.status.attempts[0].outcome, "TimedOut");
+    assert_eq!(p.requeue_after, Some(Duration::from_millis(1_001)));
+    // Backing off: nothing until the time comes, then attempt 2.
+    let b = applied(a, &p);
+    let early = plan(&b, &[exited(1, Some(143), "Error", false)], at(6_999));
+    assert!(early.actions.is_empty() && early.events.is_empty());
+    let next = plan(&b, &[exited(1, Some(143), "Error", false)], at(7_000));
+    assert_eq!(next.actions, vec![Action::CreatePod { attempt: 2 }]);
+    assert_eq!((next.status.attempt, next.status.pod_name.as_deref()), (Some(2), Some("job-2")));
+    assert_eq!(next.status.started_time, None);
+    assert_eq!(next.status.next_attempt_schedule_time, None);
+    assert_eq!(next.status.attempts.len(), 1, "history is not written twice");
+}
+
+#[test]
+fn retries_follow_the_backoff_formula_until_maximum_attempts() {
+    // Attempt n fails at 100 s; the delay before n+1 is 1 s × 2^(n−1); attempt 4 is the last.
+    for (n, delay_ms) in [(1, 1_000), (2, 2_000), (3, 4_000)] {
+        let a = running_activity(seed(), n, 99_000);
+        let p = plan(&a, &[exited(n, Some(1), "Error", false)], at(100_000));
+        assert_eq!(p.status.phase, Some(Phase::BackingOff), "attempt {n}");
+        assert_eq!(p.status.next_attempt_schedule_time, Some(Time(at(100_000 + delay_ms))), "attempt {n}");
+    }
+    let a = running_activity(seed(), 4, 99_000);
+    let p = plan(&a, &[exited(4, Some(1), "Error", false)], at(100_000));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert!(p.status.last_failure.clone().unwrap().message.contains("maximumAttempts 4 reached"));
+    assert_eq!(reasons(&p), vec!["AttemptFailed", "Failed"]);
+    // a timeout on the last attempt ends TimedOut
+    let a = running_activity(seed(), 4, 1_000);
+    let p = plan(&a, &[running(4, 0)], at(6_000));
+    assert_eq!(p.status.phase, Some(Phase::TimedOut));
+}
+
+#[test]
+fn exits_without_an_outcome_are_judged_by_code_and_reason() {
+    // (pod, expected phase, failure type)
+    let table = [
+        (exited(1, Some(0), "Completed", false), Phase::Succeeded, None),
+        (exited(1, Some(3), "Error", false), Phase::BackingOff, Some("ExitCode")),
+        (exited(1, Some(137), "OOMKilled", false), Phase::BackingOff, Some("OOMKilled")),
+        (exited(1, None, "Evicted", true), Phase::BackingOff, Some("Evicted")),
+        (exited(1, Some(143), "Error", true), Phase::BackingOff, Some("Evicted")),
+        (exited(1, None, "DeadlineExceeded", false), Phase::BackingOff, Some("PodFailed")),
+    ];
+    for (pod, phase, type_) in table {
+        let a = running_activity(seed(), 1, 1_000);
+        let p = plan(&a, std::slice::from_ref(&pod), at(2_000));
+        assert_eq!(p.status.phase, Some(phase), "{pod:?}");
+        assert_eq!(p.status.last_failure.as_ref().map(|f| f.type_.as_str()), type_, "{pod:?}");
+        if let Some(code) = p.status.last_failure.as_ref().and_then(|f| f.exit_code) {
+            assert!(p.status.last_failure.as_ref().unwrap().message.contains(&code.to_string()));
+        }
+        assert!(!p.actions.iter().any(|a| matches!(a, Action::DeletePod { .. })), "an exited pod is not deleted");
+    }
+}
+
+fn with_outcome(mut a: Activity, outcome: Outcome) -> Activity {
+    a.status.as_mut().unwrap().outcome = Some(outcome);
+    a
+}
+
+#[test]
+fn the_workers_outcome_decides() {
+    let ok = Outcome { attempt: 1, succeeded: true, result: Some(json!({"n": 10})), failure: None, canceled: false };
+    let p = plan(&with_outcome(running_activity(seed(), 1, 1_000), ok.clone()), &[running(1, 0)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Succeeded));
+    assert_eq!(p.status.result, Some(json!({"n": 10})));
+    assert_eq!(p.status.closed_time, Some(Time(at(2_000))));
+    assert_eq!(p.actions, vec![Action::RemoveFinalizer], "a worker that reported is left to exit");
+    assert_eq!(reasons(&p), vec!["Succeeded"]);
+    let cond = |t: &str| p.status.conditions.iter().find(|c| c.type_ == t).unwrap().status.clone();
+    assert_eq!((cond("Finished"), cond("Succeeded"), cond("Running")), ("True".into(), "True".into(), "False".into()));
+
+    // An outcome of an older attempt is ignored.
+    let stale = Outcome { attempt: 1, ..ok };
+    let p = plan(&with_outcome(running_activity(seed(), 2, 1_000), stale), &[running(2, 0)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Running));
+
+    // Non-retryable by the worker's flag, or by the type listed in the policy.
+    let fail = |type_: &str, non_retryable| Outcome {
+        attempt: 1,
+        succeeded: false,
+        result: None,
+        failure: Some(WorkerFailure { type_: type_.into(), message: "boom".into(), non_retryable }),
+        canceled: false,
+    };
+    let mut listed = seed();
+    listed.spec.retry_policy.as_mut().unwrap().non_retryable_error_types = vec!["BadInput".into()];
+    let table = [
+        (seed(), fail("Transient", false), Phase::BackingOff, false),
+        (seed(), fail("Transient", true), Phase::Failed, true),
+        (listed.clone(), fail("BadInput", false), Phase::Failed, true),
+        (listed, fail("BadInputs", false), Phase::BackingOff, false),
+    ];
+    for (a, outcome, phase, non_retryable) in table {
+        let label = format!("{outcome:?}");
+        let p = plan(&with_outcome(running_activity(a, 1, 1_000), outcome), &[running(1, 0)], at(2_000));
+        assert_eq!(p.status.phase, Some(phase), "{label}");
+        let f = p.status.last_failure.clone().unwrap();
+        assert_eq!((f.type_.as_str(), f.non_retryable), (f.type_.as_str(), non_retryable), "{label}");
+        assert_eq!(f.message, "boom");
+    }
+}
+
+#[test]
+fn schedule_to_start_lapses_on_an_image_that_never_pulls() {
+    let a0 = activity(json!({"startToCloseTimeout": "1m", "scheduleToStartTimeout": "3s"}));
+    let a = applied(a0.clone(), &plan(&a0, &[], at(0)));
+    let early = plan(&a, &[waiting(1, Some("ErrImagePull"))], at(2_999));
+    assert_eq!(early.status.phase, Some(Phase::Pending));
+    assert_eq!(early.requeue_after, Some(Duration::from_millis(2)));
+    let running_cond = early.status.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    assert!(running_cond.message.contains("ErrImagePull"), "{}", running_cond.message);
+    let p = plan(&a, &[waiting(1, Some("ImagePullBackOff"))], at(3_000));
+    assert_eq!(p.status.phase, Some(Phase::TimedOut), "never retried");
+    let f = p.status.last_failure.clone().unwrap();
+    assert_eq!((f.timeout_type, f.non_retryable), (Some(TimeoutType::ScheduleToStart), true));
+    assert!(f.message.contains("ImagePullBackOff"), "{}", f.message);
+    assert!(p.has(&Action::DeletePod { name: "job-1".into() }));
+    assert!(p.has(&Action::RemoveFinalizer));
+}
+
+#[test]
+fn schedule_to_close_ends_retries_and_running_attempts() {
+    let spec = json!({"startToCloseTimeout": "10s", "scheduleToCloseTimeout": "20s",
+                      "retryPolicy": {"initialInterval": "5s", "backoffCoefficient": 1.0}});
+    // A failure at 16 s would retry at 21 s, after the 20 s deadline: TimedOut at once.
+    let a = running_activity(activity(spec.clone()), 2, 15_000);
+    let p = plan(&a, &[exited(2, Some(1), "Error", false)], at(16_000));
+    assert_eq!(p.status.phase, Some(Phase::TimedOut));
+    let f = p.status.last_failure.clone().unwrap();
+    assert_eq!(f.timeout_type, Some(TimeoutType::ScheduleToClose));
+    assert!(f.message.contains("exited with code 1"), "{}", f.message);
+    assert_eq!(p.status.attempts.last().unwrap().failure.as_ref().unwrap().type_, "ExitCode");
+    // A failure at 14 s retries at 19 s.
+    let p = plan(&a, &[exited(2, Some(1), "Error", false)], at(14_000));
+    assert_eq!(p.status.phase, Some(Phase::BackingOff));
+    // Running at the deadline: TimedOut and the pod is stopped.
+    let p = plan(&running_activity(activity(spec), 2, 15_000), &[running(2, 14_000)], at(20_000));
+    assert_eq!(p.status.phase, Some(Phase::TimedOut));
+    assert_eq!(p.status.last_failure.clone().unwrap().timeout_type, Some(TimeoutType::ScheduleToClose));
+    assert!(p.has(&Action::DeletePod { name: "job-2".into() }));
+}
+
+#[test]
+fn a_killed_pod_is_retried_without_waiting_for_a_heartbeat_timeout() {
+    let a = running_activity(seed(), 1, 1_000);
+    let p = plan(&a, &[exited(1, Some(137), "Error", false)], at(1_500));
+    assert_eq!(p.status.phase, Some(Phase::BackingOff));
+    assert_eq!(p.status.next_attempt_schedule_time, Some(Time(at(2_500))));
+    // A pod that vanished after it started counts as a failure too.
+    let p = plan(&a, &[], at(1_500));
+    assert_eq!(p.status.last_failure.clone().unwrap().type_, "PodDeleted");
+}
+
+fn cancel_requested(mut a: Activity) -> Activity {
+    a.spec.cancel_requested = true;
+    a
+}
+
+fn deleted(mut a: Activity) -> Activity {
+    a.metadata.deletion_timestamp = Some(Time(at(5_000)));
+    a
+}
+
+#[test]
+fn pending_and_backing_off_activities_cancel_at_once() {
+    let pending = applied(seed(), &plan(&seed(), &[], at(0)));
+    let p = plan(&cancel_requested(pending.clone()), &[waiting(1, None)], at(1_000));
+    assert_eq!(p.status.phase, Some(Phase::Canceled));
+    assert_eq!(reasons(&p), vec!["CancelRequested", "Canceled"]);
+    assert!(p.has(&Action::DeletePod { name: "job-1".into() }));
+    // Deleted: the finalizer stays until the pod is gone.
+    let p = plan(&deleted(pending.clone()), &[waiting(1, None)], at(1_000));
+    assert!(!p.has(&Action::RemoveFinalizer));
+    let gone = applied(deleted(pending), &p);
+    let p = plan(&gone, &[], at(1_200));
+    assert_eq!(p.actions, vec![Action::RemoveFinalizer]);
+
+    let mut backing_off = running_activity(seed(), 1, 0);
+    let s = backing_off.status.as_mut().unwrap();
+    s.phase = Some(Phase::BackingOff);
+    s.next_attempt_schedule_time = Some(Time(at(60_000)));
+    let p = plan(&cancel_requested(backing_off), &[exited(1, Some(1), "Error", false)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Canceled));
+    assert_eq!(p.status.next_attempt_schedule_time, None);
+}
+
+#[test]
+fn a_running_worker_gets_the_grace_period_then_its_pod_is_deleted() {
+    let a = cancel_requested(running_activity(seed(), 1, 1_000));
+    let p = plan(&a, &[running(1, 0)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Canceling));
+    assert_eq!(p.status.cancel_requested_time, Some(Time(at(2_000))));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.requeue_after, Some(Duration::from_millis(30_001)), "the grace period, not the heartbeat timeout");
+    let a = applied(a, &p);
+    // Still canceling after heartbeat deadlines pass: no retry, no timeout.
+    let p = plan(&a, &[running(1, 0)], at(20_000));
+    assert_eq!((p.status.phase, p.actions.len()), (Some(Phase::Canceling), 0));
+    let p = plan(&a, &[running(1, 0)], at(32_000));
+    assert_eq!(p.actions, vec![Action::DeletePod { name: "job-1".into() }]);
+    assert_eq!(reasons(&p), vec!["CancellationGraceExpired"]);
+    // The worker stops (by itself or by the deletion): Canceled.
+    let p = plan(&a, &[exited(1, Some(0), "Completed", false)], at(33_000));
+    assert_eq!(p.status.phase, Some(Phase::Canceled));
+    assert_eq!(p.status.attempts.last().unwrap().outcome, "Canceled");
+}
+
+#[test]
+fn a_deleted_running_activity_keeps_its_finalizer_until_the_worker_is_gone() {
+    let a = deleted(running_activity(seed(), 1, 1_000));
+    let p = plan(&a, &[running(1, 0)], at(5_100));
+    assert_eq!(p.status.phase, Some(Phase::Canceling));
+    assert!(!p.has(&Action::RemoveFinalizer));
+    let a = applied(a, &p);
+    let p = plan(&a, &[exited(1, Some(143), "Error", false)], at(6_000));
+    assert_eq!(p.status.phase, Some(Phase::Canceled));
+    assert_eq!(p.actions, vec![Action::RemoveFinalizer]);
+    // not held by us: nothing at all
+    let mut free = deleted(seed());
+    free.metadata.finalizers = None;
+    let p = plan(&free, &[running(1, 0)], at(6_000));
+    assert!(p.actions.is_empty() && p.events.is_empty());
+}
+
+#[test]
+fn a_completion_that_beats_the_cancel_stands() {
+    let ok = Outcome { attempt: 1, succeeded: true, result: Some(json!(7)), failure: None, canceled: false };
+    let a = with_outcome(cancel_requested(running_activity(seed(), 1, 1_000)), ok);
+    let p = plan(&a, &[running(1, 0)], at(2_000));
+    assert_eq!((p.status.phase, p.status.result), (Some(Phase::Succeeded), Some(json!(7))));
+}
+
+#[test]
+fn stray_pods_of_older_attempts_are_stopped() {
+    let a = running_activity(seed(), 2, 1_000);
+    let p = plan(&a, &[running(1, 0), running(2, 500)], at(2_000));
+    assert_eq!(p.actions, vec![Action::DeletePod { name: "job-1".into() }]);
+    let mut deleting = running(1, 0);
+    deleting.deleting = true;
+    let p = plan(&a, &[deleting, running(2, 500)], at(2_000));
+    assert!(p.actions.is_empty(), "a pod already being deleted is not deleted again");
+}
+
+#[test]
+fn finished_activities_release_the_finalizer_and_honour_ttl() {
+    let mut a = activity(json!({"startToCloseTimeout": "1m", "ttlSecondsAfterFinished": 30}));
+    a.status = Some(ActivityStatus {
+        phase: Some(Phase::Succeeded),
+        attempt: Some(1),
+        closed_time: Some(Time(at(10_000))),
+        ..ActivityStatus::default()
+    });
+    let p = plan(&a, &[exited(1, Some(0), "Completed", false)], at(11_000));
+    assert_eq!(p.actions, vec![Action::RemoveFinalizer]);
+    assert_eq!(p.requeue_after, Some(Duration::from_millis(29_001)));
+    assert!(p.events.is_empty());
+    a.metadata.finalizers = None;
+    let p = plan(&a, &[], at(40_000));
+    assert_eq!(p.actions, vec![Action::DeleteActivity]);
+}
+
+#[test]
+fn an_invalid_spec_fails_once_with_the_field_named() {
+    let a = activity(json!({"startToCloseTimeout": "soon"}));
+    let p = plan(&a, &[], at(0));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    let f = p.status.last_failure.clone().unwrap();
+    assert_eq!((f.type_.as_str(), f.non_retryable), ("InvalidSpec", true));
+    assert!(f.message.contains("spec.startToCloseTimeout"), "{}", f.message);
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "InvalidSpec"));
+    let again = plan(&applied(a, &p), &[], at(1_000));
+    assert!(again.events.is_empty(), "no hot loop: a failed activity stays failed");
+    assert!(!again.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })));
+}
+
+#[test]
+fn the_attempt_history_keeps_the_last_ten() {
+    let mut a = activity(json!({"startToCloseTimeout": "1m"}));
+    for n in 1..=12 {
+        a = running_activity(a.clone(), n, 0).tap_attempts(a.status.clone().map(|s| s.attempts).unwrap_or_default());
+        let p = plan(&a, &[exited(n, Some(1), "Error", false)], at(1_000));
+        a = applied(a, &p);
+    }
+    let attempts = &a.status.unwrap().attempts;
+    assert_eq!(attempts.len(), 10);
+    assert_eq!((attempts[0].attempt, attempts[9].attempt), (3, 12));
+}
+
+trait TapAttempts {
+    fn tap_attempts(self, attempts: Vec<AttemptRecord>) -> Self;
+}
+
+impl TapAttempts for Activity {
+    fn tap_attempts(mut self, attempts: Vec<AttemptRecord>) -> Self {
+        if let Some(s) = self.status.as_mut() {
+            s.attempts = attempts;
+        }
+        self
+    }
+}
+
+#[test]
+fn conditions_keep_their_transition_time_while_unchanged() {
+    let a = running_activity(seed(), 1, 1_000);
+    let p1 = plan(&a, &[running(1, 0)], at(2_000));
+    let p2 = plan(&applied(a, &p1), &[running(1, 0)], at(3_000));
+    assert_eq!(p1.status.conditions, p2.status.conditions);
+    let running_cond = p2.status.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    assert_eq!((running_cond.status.as_str(), running_cond.reason.as_str()), ("True", "Running"));
+}
