@@ -8,7 +8,7 @@
 pub mod duration;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -220,7 +220,8 @@ impl TimeoutType {
     }
 }
 
-/// Observed state of an Activity. The operator alone writes it, except `lastHeartbeatTime`,
+/// Observed state of an Activity. Timestamps have microseconds (deadlines are enforced to the
+/// millisecond, which whole-second `metav1.Time` cannot express). The operator alone writes it, except `lastHeartbeatTime`,
 /// `heartbeatDetails` and `outcome`, which the worker writes.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -236,16 +237,16 @@ pub struct ActivityStatus {
     pub pod_name: Option<String>,
     /// When the current attempt's pod was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheduled_time: Option<Time>,
+    pub scheduled_time: Option<MicroTime>,
     /// When the current attempt's worker container started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_time: Option<Time>,
+    pub started_time: Option<MicroTime>,
     /// When the activity reached a terminal phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub closed_time: Option<Time>,
+    pub closed_time: Option<MicroTime>,
     /// Time of the last accepted heartbeat (written by the worker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_heartbeat_time: Option<Time>,
+    pub last_heartbeat_time: Option<MicroTime>,
     /// Details of the last accepted heartbeat: any JSON, kept across attempts so a retry resumes
     /// where the previous attempt stopped (written by the worker; at most 16 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -253,10 +254,10 @@ pub struct ActivityStatus {
     pub heartbeat_details: Option<Value>,
     /// While BackingOff: when the next attempt starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_attempt_schedule_time: Option<Time>,
+    pub next_attempt_schedule_time: Option<MicroTime>,
     /// When the cancel was first seen (deletion or spec.cancelRequested); the grace period counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cancel_requested_time: Option<Time>,
+    pub cancel_requested_time: Option<MicroTime>,
     /// The most recent failure of an attempt or of the activity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
@@ -303,7 +304,7 @@ pub struct Failure {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// When the failure was recorded.
-    pub time: Time,
+    pub time: MicroTime,
 }
 
 /// What the worker reported at the end of an attempt.
@@ -348,8 +349,8 @@ pub struct AttemptRecord {
     pub attempt: i32,
     pub pod_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_time: Option<Time>,
-    pub closed_time: Time,
+    pub started_time: Option<MicroTime>,
+    pub closed_time: MicroTime,
     /// `Succeeded`, `Failed`, `TimedOut` or `Canceled`.
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

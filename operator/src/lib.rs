@@ -5,3 +5,6 @@
 pub mod config;
 pub mod planner;
 pub mod pods;
+pub mod controller;
+pub mod metrics;
+pub mod server;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use activity_crds::{
     ATTEMPT_HISTORY, Activity, ActivityStatus, AttemptRecord, FINALIZER, Failure, Phase, TimeoutType, format_duration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
@@ -117,6 +117,30 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
     Plan { status: p.status, actions: p.actions, events: p.events, requeue_after }
 }
 
+/// The API server refused the attempt's pod (e.g. an invalid template): the activity fails at
+/// once, not retried, with the API server's message (retrying the same template cannot help).
+pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, api_message: &str, now: Timestamp) -> Plan {
+    let mut p = Planner {
+        activity,
+        pods: &[],
+        now,
+        status: planned.clone(),
+        actions: Vec::new(),
+        events: Vec::new(),
+        deadlines: Vec::new(),
+        waiting: None,
+    };
+    let message = format!("the API server refused the worker pod: {api_message}");
+    let failure = p.failure("PodCreationFailed", message.clone(), true);
+    p.events.push(Event { warning: true, reason: "PodCreationFailed", message });
+    p.record_attempt_if_live("Failed", Some(&failure));
+    p.finish(Phase::Failed, Some(failure), None);
+    let previous = activity.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    p.status.conditions = conditions(&previous, &p.status, None, now);
+    let actions = if activity.finalizers().iter().any(|f| f == FINALIZER) { vec![Action::RemoveFinalizer] } else { vec![] };
+    Plan { status: p.status, actions, events: p.events, requeue_after: None }
+}
+
 struct Planner<'a> {
     activity: &'a Activity,
     pods: &'a [PodView],
@@ -133,8 +157,12 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
     SignedDuration::try_from(d).ok().and_then(|d| t.checked_add(d).ok()).unwrap_or(Timestamp::MAX)
 }
 
-fn time(t: Timestamp) -> Time {
-    Time(t)
+/// A status timestamp: rounded *up* to the microsecond the API stores, so a deadline computed
+/// from it is never earlier than the instant it records.
+fn time(t: Timestamp) -> MicroTime {
+    let nanos = t.subsec_nanosecond();
+    let up = (1_000 - nanos.rem_euclid(1_000)) % 1_000;
+    MicroTime(t.checked_add(SignedDuration::from_nanos(i64::from(up))).unwrap_or(t))
 }
 
 impl Planner<'_> {
@@ -588,7 +616,7 @@ fn conditions(previous: &[Condition], status: &ActivityStatus, waiting: Option<&
             let old = previous.iter().find(|c| c.type_ == type_);
             let last_transition_time = match old {
                 Some(c) if c.status == state => c.last_transition_time.clone(),
-                _ => time(now),
+                _ => Time(now),
             };
             Condition {
                 type_: type_.to_string(),

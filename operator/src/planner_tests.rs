@@ -76,8 +76,8 @@ fn running_activity(mut a: Activity, n: i32, started_ms: i64) -> Activity {
         phase: Some(Phase::Running),
         attempt: Some(n),
         pod_name: Some(format!("job-{n}")),
-        scheduled_time: Some(Time(at(started_ms - 500))),
-        started_time: Some(Time(at(started_ms))),
+        scheduled_time: Some(MicroTime(at(started_ms - 500))),
+        started_time: Some(MicroTime(at(started_ms))),
         ..ActivityStatus::default()
     });
     a
@@ -96,7 +96,7 @@ fn a_new_activity_gets_its_finalizer_and_first_pod_recorded() {
     assert_eq!(p.status.phase, Some(Phase::Pending));
     assert_eq!(p.status.attempt, Some(1));
     assert_eq!(p.status.pod_name.as_deref(), Some("job-1"));
-    assert_eq!(p.status.scheduled_time, Some(Time(at(100))));
+    assert_eq!(p.status.scheduled_time, Some(MicroTime(at(100))));
     assert_eq!(p.status.observed_generation, Some(1));
     assert_eq!(reasons(&p), vec!["AttemptStarted"]);
     assert_eq!(p.requeue_after, None, "no deadline before the worker starts without scheduleToStart");
@@ -117,13 +117,13 @@ fn the_worker_starting_moves_to_running_and_arms_both_deadlines() {
     // startedAt has whole seconds: 0 s reported, seen at 2.3 s; true start is within [0, 1 s).
     let p = plan(&a, &[running(1, 0)], at(2_300));
     assert_eq!(p.status.phase, Some(Phase::Running));
-    assert_eq!(p.status.started_time, Some(Time(at(1_000))));
+    assert_eq!(p.status.started_time, Some(MicroTime(at(1_000))));
     assert!(p.actions.is_empty());
     // heartbeat deadline 1 s + 5 s = 6 s, sooner than start-to-close (121 s)
     assert_eq!(p.requeue_after, Some(Duration::from_millis(3_701)));
     // seen promptly: the start is taken as now
     let p = plan(&a, &[running(1, 0)], at(400));
-    assert_eq!(p.status.started_time, Some(Time(at(400))));
+    assert_eq!(p.status.started_time, Some(MicroTime(at(400))));
 }
 
 #[test]
@@ -133,12 +133,12 @@ fn a_heartbeat_changes_no_operator_field() {
     a = applied(a, &first);
     let before = a.status.clone().unwrap();
     let status = a.status.as_mut().unwrap();
-    status.last_heartbeat_time = Some(Time(at(4_000)));
+    status.last_heartbeat_time = Some(MicroTime(at(4_000)));
     status.heartbeat_details = Some(json!({"lastItem": 3}));
     let p = plan(&a, &[running(1, 0)], at(4_010));
     assert!(p.actions.is_empty() && p.events.is_empty());
     let mut expected = before;
-    expected.last_heartbeat_time = Some(Time(at(4_000)));
+    expected.last_heartbeat_time = Some(MicroTime(at(4_000)));
     expected.heartbeat_details = Some(json!({"lastItem": 3}));
     assert_eq!(p.status, expected, "only the worker's fields differ, so the operator writes nothing");
     // the heartbeat moved the deadline: 4 s + 5 s
@@ -159,7 +159,7 @@ fn deadlines_are_never_enforced_early_and_enforced_at_the_instant() {
     ];
     for (case, spec, beat, now, expected) in table {
         let mut a = running_activity(activity(spec), 1, 1_000);
-        a.status.as_mut().unwrap().last_heartbeat_time = beat.map(|b| Time(at(b)));
+        a.status.as_mut().unwrap().last_heartbeat_time = beat.map(|b| MicroTime(at(b)));
         let p = plan(&a, &[running(1, 0)], at(now));
         let got = p.status.last_failure.as_ref().and_then(|f| f.timeout_type);
         assert_eq!(got, expected, "{case}");
@@ -179,7 +179,7 @@ fn a_heartbeat_timeout_schedules_the_retry_with_backoff() {
     assert_eq!(reasons(&p), vec!["HeartbeatTimedOut", "RetryScheduled"]);
     let f = p.status.last_failure.clone().unwrap();
     assert_eq!((f.type_.as_str(), f.timeout_type, f.non_retryable, f.attempt), ("Timeout", Some(TimeoutType::Heartbeat), false, 1));
-    assert_eq!(p.status.next_attempt_schedule_time, Some(Time(at(7_000))));
+    assert_eq!(p.status.next_attempt_schedule_time, Some(MicroTime(at(7_000))));
     assert_eq!(p.status.attempts.len(), 1);
     assert_eq!(p.status.attempts[0].outcome, "TimedOut");
     assert_eq!(p.requeue_after, Some(Duration::from_millis(1_001)));
@@ -202,7 +202,7 @@ fn retries_follow_the_backoff_formula_until_maximum_attempts() {
         let a = running_activity(seed(), n, 99_000);
         let p = plan(&a, &[exited(n, Some(1), "Error", false)], at(100_000));
         assert_eq!(p.status.phase, Some(Phase::BackingOff), "attempt {n}");
-        assert_eq!(p.status.next_attempt_schedule_time, Some(Time(at(100_000 + delay_ms))), "attempt {n}");
+        assert_eq!(p.status.next_attempt_schedule_time, Some(MicroTime(at(100_000 + delay_ms))), "attempt {n}");
     }
     let a = running_activity(seed(), 4, 99_000);
     let p = plan(&a, &[exited(4, Some(1), "Error", false)], at(100_000));
@@ -249,7 +249,7 @@ fn the_workers_outcome_decides() {
     let p = plan(&with_outcome(running_activity(seed(), 1, 1_000), ok.clone()), &[running(1, 0)], at(2_000));
     assert_eq!(p.status.phase, Some(Phase::Succeeded));
     assert_eq!(p.status.result, Some(json!({"n": 10})));
-    assert_eq!(p.status.closed_time, Some(Time(at(2_000))));
+    assert_eq!(p.status.closed_time, Some(MicroTime(at(2_000))));
     assert_eq!(p.actions, vec![Action::RemoveFinalizer], "a worker that reported is left to exit");
     assert_eq!(reasons(&p), vec!["Succeeded"]);
     let cond = |t: &str| p.status.conditions.iter().find(|c| c.type_ == t).unwrap().status.clone();
@@ -331,7 +331,7 @@ fn a_killed_pod_is_retried_without_waiting_for_a_heartbeat_timeout() {
     let a = running_activity(seed(), 1, 1_000);
     let p = plan(&a, &[exited(1, Some(137), "Error", false)], at(1_500));
     assert_eq!(p.status.phase, Some(Phase::BackingOff));
-    assert_eq!(p.status.next_attempt_schedule_time, Some(Time(at(2_500))));
+    assert_eq!(p.status.next_attempt_schedule_time, Some(MicroTime(at(2_500))));
     // A pod that vanished after it started counts as a failure too.
     let p = plan(&a, &[], at(1_500));
     assert_eq!(p.status.last_failure.clone().unwrap().type_, "PodDeleted");
@@ -364,7 +364,7 @@ fn pending_and_backing_off_activities_cancel_at_once() {
     let mut backing_off = running_activity(seed(), 1, 0);
     let s = backing_off.status.as_mut().unwrap();
     s.phase = Some(Phase::BackingOff);
-    s.next_attempt_schedule_time = Some(Time(at(60_000)));
+    s.next_attempt_schedule_time = Some(MicroTime(at(60_000)));
     let p = plan(&cancel_requested(backing_off), &[exited(1, Some(1), "Error", false)], at(2_000));
     assert_eq!(p.status.phase, Some(Phase::Canceled));
     assert_eq!(p.status.next_attempt_schedule_time, None);
@@ -375,7 +375,7 @@ fn a_running_worker_gets_the_grace_period_then_its_pod_is_deleted() {
     let a = cancel_requested(running_activity(seed(), 1, 1_000));
     let p = plan(&a, &[running(1, 0)], at(2_000));
     assert_eq!(p.status.phase, Some(Phase::Canceling));
-    assert_eq!(p.status.cancel_requested_time, Some(Time(at(2_000))));
+    assert_eq!(p.status.cancel_requested_time, Some(MicroTime(at(2_000))));
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(p.requeue_after, Some(Duration::from_millis(30_001)), "the grace period, not the heartbeat timeout");
     let a = applied(a, &p);
@@ -433,7 +433,7 @@ fn finished_activities_release_the_finalizer_and_honour_ttl() {
     a.status = Some(ActivityStatus {
         phase: Some(Phase::Succeeded),
         attempt: Some(1),
-        closed_time: Some(Time(at(10_000))),
+        closed_time: Some(MicroTime(at(10_000))),
         ..ActivityStatus::default()
     });
     let p = plan(&a, &[exited(1, Some(0), "Completed", false)], at(11_000));
@@ -493,4 +493,27 @@ fn conditions_keep_their_transition_time_while_unchanged() {
     assert_eq!(p1.status.conditions, p2.status.conditions);
     let running_cond = p2.status.conditions.iter().find(|c| c.type_ == "Running").unwrap();
     assert_eq!((running_cond.status.as_str(), running_cond.reason.as_str()), ("True", "Running"));
+}
+
+#[test]
+fn a_pod_the_api_server_refuses_fails_the_activity_once() {
+    let a = seed();
+    let first = plan(&a, &[], at(0));
+    let p = pod_rejected(&a, &first.status, "Pod \"job-1\" is invalid: spec.containers[0].image: Required value", at(10));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    let f = p.status.last_failure.clone().unwrap();
+    assert_eq!((f.type_.as_str(), f.non_retryable, f.attempt), ("PodCreationFailed", true, 1));
+    assert!(f.message.contains("spec.containers[0].image"), "{}", f.message);
+    assert_eq!(reasons(&p), vec!["PodCreationFailed", "Failed"]);
+    assert!(p.events[0].warning);
+    let again = plan(&applied(a, &p), &[], at(20));
+    assert!(!again.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })), "no hot loop");
+}
+
+#[test]
+fn status_times_round_up_to_the_microsecond() {
+    let t = Timestamp::from_nanosecond(1_800_000_000_123_456_001).unwrap();
+    assert_eq!(time(t).0, Timestamp::from_nanosecond(1_800_000_000_123_457_000).unwrap());
+    let exact = Timestamp::from_nanosecond(1_800_000_000_123_456_000).unwrap();
+    assert_eq!(time(exact).0, exact);
 }

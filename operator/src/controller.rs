@@ -1,0 +1,368 @@
+//! The I/O side: watches Activities and their pods, asks the planner what to do, and does it.
+//! Status is written with server-side apply (field manager `activity-operator`) and only when it
+//! changed, so a heartbeat (which changes only worker-owned fields) causes no write at all.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use activity_crds::{ATTEMPT_HISTORY, Activity, ActivityStatus, FINALIZER, OPERATOR_MANAGER};
+use futures::{Future, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, instrument, warn};
+
+use crate::metrics::Metrics;
+use crate::planner::{self, Action, Event, Plan};
+use crate::pods::{self, PodView, pod_name};
+
+/// Status fields the worker owns; the operator never writes them.
+const WORKER_FIELDS: [&str; 3] = ["lastHeartbeatTime", "heartbeatDetails", "outcome"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("serializing the status: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("building the worker pod: {0}")]
+    BuildPod(#[source] pods::BuildError),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube { action, .. } => action,
+            Error::Serialize(_) => "serialize",
+            Error::BuildPod(_) => "build_pod",
+        }
+    }
+}
+
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Settings of one controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `None` watches every namespace.
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+    /// Service account of worker pods whose template names none.
+    pub worker_service_account: String,
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub client: Client,
+    pub pods: Store<Pod>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    /// Per-object count of consecutive reconcile errors, for the error backoff.
+    failures: Mutex<HashMap<ObjectRef<Activity>, u32>>,
+    /// Per-object: the resourceVersion our last status write replaced. While the cache still shows
+    /// it, the cache has not caught up with our own write; acting on it would repeat work.
+    stale: Mutex<HashMap<ObjectRef<Activity>, (String, Instant)>>,
+    /// Per-object: the last heartbeat time seen, for the heartbeat lag histogram.
+    heartbeats: Mutex<HashMap<ObjectRef<Activity>, Timestamp>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Context {
+    /// The pods of the activity's recent attempts, from the cache, by their deterministic names.
+    fn pods_of(&self, act: &Activity) -> Vec<PodView> {
+        let (Some(ns), Some(uid)) = (act.namespace(), act.uid()) else { return vec![] };
+        let current = act.status.as_ref().and_then(|s| s.attempt).unwrap_or(0);
+        let first = (current - ATTEMPT_HISTORY as i32).max(1);
+        let name = act.name_any();
+        (first..=current)
+            .filter_map(|n| self.pods.get(&ObjectRef::new(&pod_name(&name, n)).within(&ns)))
+            .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
+            .map(|p| PodView::from_pod(&p))
+            .collect()
+    }
+
+    fn observe_heartbeat(&self, key: &ObjectRef<Activity>, act: &Activity, now: Timestamp) {
+        let Some(beat) = act.status.as_ref().and_then(|s| s.last_heartbeat_time.as_ref()).map(|t| t.0) else {
+            return;
+        };
+        let mut seen = lock(&self.heartbeats);
+        if seen.get(key).is_some_and(|last| *last >= beat) {
+            return;
+        }
+        seen.insert(key.clone(), beat);
+        drop(seen);
+        let lag = now.duration_since(beat).as_secs_f64().max(0.0);
+        self.metrics.heartbeat_lag.observe(lag);
+    }
+
+    fn cache_is_behind(&self, key: &ObjectRef<Activity>, act: &Activity) -> bool {
+        let mut stale = lock(&self.stale);
+        match stale.get(key) {
+            Some((rv, until)) if Instant::now() < *until && act.resource_version().as_ref() == Some(rv) => true,
+            Some(_) => {
+                stale.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn forget(&self, key: &ObjectRef<Activity>) {
+        lock(&self.failures).remove(key);
+        lock(&self.heartbeats).remove(key);
+        lock(&self.stale).remove(key);
+    }
+}
+
+/// One pass over one Activity.
+#[instrument(skip_all, fields(activity = %act.name_any(), namespace = act.namespace().unwrap_or_default()))]
+pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let key = ObjectRef::from_obj(act.as_ref());
+    if ctx.cache_is_behind(&key, &act) {
+        debug!("cache has not seen our last status write yet");
+        return Ok(Requeue::requeue(Duration::from_millis(100)));
+    }
+    let now = Timestamp::now();
+    ctx.observe_heartbeat(&key, &act, now);
+    let plan = planner::plan(&act, &ctx.pods_of(&act), now);
+    let result = execute(&act, plan, &ctx, &key).await;
+    ctx.metrics.observe_reconcile(started.elapsed());
+    lock(&ctx.failures).remove(&key);
+    result
+}
+
+/// Transient API errors: per-object exponential backoff with jitter (200 ms doubling to 2 min),
+/// apart from the business retries, which live in status.
+pub fn error_policy(act: Arc<Activity>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    let key = ObjectRef::from_obj(act.as_ref());
+    let failures = {
+        let mut map = lock(&ctx.failures);
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    ctx.metrics.reconcile_errors.get_or_create(&crate::metrics::KindLabel { kind: error.kind().into() }).inc();
+    let base = 0.2 * 2f64.powi(failures.min(16) as i32 - 1);
+    let jitter = 0.5 + rand::random::<f64>();
+    let delay = Duration::from_secs_f64((base * jitter).min(120.0));
+    warn!(activity = %act.name_any(), error = %error, failures, retry_in = ?delay, "reconcile failed");
+    Requeue::requeue(delay)
+}
+
+async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Activity>) -> Result<Requeue, Error> {
+    let ns = act.namespace().unwrap_or_default();
+    let name = act.name_any();
+    let acts: Api<Activity> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+
+    if plan.has(&Action::AddFinalizer) {
+        add_finalizer(&acts, act).await?;
+        ctx.metrics.write("finalizer");
+    }
+    let current = act.status.clone().unwrap_or_default();
+    if plan.status != current {
+        write_status(&acts, &name, &plan.status).await?;
+        ctx.metrics.write("status");
+        if let Some(rv) = act.resource_version() {
+            lock(&ctx.stale).insert(key.clone(), (rv, Instant::now() + Duration::from_secs(5)));
+        }
+    }
+    publish(ctx, act, &plan.events).await;
+
+    for action in &plan.actions {
+        match action {
+            Action::CreatePod { attempt } => {
+                let pod = pods::build_pod(act, *attempt, &ctx.settings.worker_service_account).map_err(Error::BuildPod)?;
+                match pods.create(&PostParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() }, &pod).await {
+                    Ok(_) => ctx.metrics.write("pod_create"),
+                    Err(e) if api_code(&e) == Some(409) => debug!("pod already exists"),
+                    Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+                        let rejected = planner::pod_rejected(act, &plan.status, &status.message, Timestamp::now());
+                        write_status(&acts, &name, &rejected.status).await?;
+                        ctx.metrics.write("status");
+                        publish(ctx, act, &rejected.events).await;
+                        if rejected.has(&Action::RemoveFinalizer) {
+                            remove_finalizer(&acts, &name).await?;
+                            ctx.metrics.write("finalizer");
+                        }
+                        return Ok(Requeue::await_change());
+                    }
+                    Err(e) => return Err(kube_err("create pod")(e)),
+                }
+            }
+            Action::DeletePod { name } => match pods.delete(name, &DeleteParams::default()).await {
+                Ok(_) => ctx.metrics.write("pod_delete"),
+                Err(e) if api_code(&e) == Some(404) => {}
+                Err(e) => return Err(kube_err("delete pod")(e)),
+            },
+            Action::AddFinalizer | Action::RemoveFinalizer | Action::DeleteActivity => {}
+        }
+    }
+    if plan.has(&Action::RemoveFinalizer) {
+        remove_finalizer(&acts, &name).await?;
+        ctx.metrics.write("finalizer");
+        ctx.forget(key);
+    }
+    if plan.has(&Action::DeleteActivity) {
+        let uid = act.uid();
+        let params = DeleteParams { preconditions: Some(Preconditions { uid, resource_version: None }), ..DeleteParams::background() };
+        match acts.delete(&name, &params).await {
+            Ok(_) => info!("ttlSecondsAfterFinished passed: deleted"),
+            Err(e) if matches!(api_code(&e), Some(404 | 409)) => {}
+            Err(e) => return Err(kube_err("delete activity")(e)),
+        }
+        ctx.metrics.write("activity_delete");
+        ctx.forget(key);
+    }
+    Ok(match plan.requeue_after {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::await_change(),
+    })
+}
+
+/// Server-side apply of the operator's part of the status.
+async fn write_status(acts: &Api<Activity>, name: &str, status: &ActivityStatus) -> Result<(), Error> {
+    let mut value = serde_json::to_value(status).map_err(Error::Serialize)?;
+    if let Some(fields) = value.as_object_mut() {
+        for field in WORKER_FIELDS {
+            fields.remove(field);
+        }
+    }
+    let patch = json!({ "apiVersion": Activity::api_version(&()), "kind": Activity::kind(&()), "status": value });
+    acts.patch_status(name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("write status"))?;
+    Ok(())
+}
+
+/// Adds our finalizer, guarded by the resourceVersion so no concurrent change is lost.
+async fn add_finalizer(acts: &Api<Activity>, act: &Activity) -> Result<(), Error> {
+    let mut finalizers = act.finalizers().to_vec();
+    finalizers.push(FINALIZER.into());
+    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": act.resource_version() } });
+    let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+    acts.patch(&act.name_any(), &params, &Patch::Merge(&patch)).await.map_err(kube_err("add finalizer"))?;
+    Ok(())
+}
+
+/// Removes our finalizer with a JSON patch that tests its position first.
+async fn remove_finalizer(acts: &Api<Activity>, name: &str) -> Result<(), Error> {
+    let fresh = match acts.get_opt(name).await.map_err(kube_err("get activity"))? {
+        Some(a) => a,
+        None => return Ok(()),
+    };
+    let Some(index) = fresh.finalizers().iter().position(|f| f == FINALIZER) else { return Ok(()) };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": path, "value": FINALIZER },
+        { "op": "remove", "path": path },
+    ]))
+    .map_err(Error::Serialize)?;
+    let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+    match acts.patch(name, &params, &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(()),
+        Err(e) if api_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(kube_err("remove finalizer")(e)),
+    }
+}
+
+async fn publish(ctx: &Context, act: &Activity, events: &[Event]) {
+    let reference = act.object_ref(&());
+    for event in events {
+        ctx.metrics.count_event(event.reason);
+        if event.warning {
+            warn!(reason = event.reason, "{}", event.message);
+        } else {
+            info!(reason = event.reason, "{}", event.message);
+        }
+        let ev = KubeEvent {
+            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+            reason: event.reason.into(),
+            note: Some(event.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            // An event is a notification; failing to record one must not undo the work done.
+            warn!(error = %e, reason = event.reason, "could not record event");
+        }
+    }
+}
+
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Runs the controller for one namespace (or all) until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (acts, pods): (Api<Activity>, Api<Pod>) = match &settings.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (act_store, act_writer) = reflector::store();
+    let act_stream = watcher(acts, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(act_writer)
+        .applied_objects();
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_stream = watcher(pods, watcher::Config::default().labels(activity_crds::LABEL_ACTIVITY).any_semantic())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(pod_writer)
+        .touched_objects();
+    let config = ControllerConfig::default().concurrency(settings.concurrency);
+    let ctx = Arc::new(Context {
+        client,
+        pods: pod_store,
+        recorder,
+        metrics,
+        settings,
+        failures: Mutex::default(),
+        stale: Mutex::default(),
+        heartbeats: Mutex::default(),
+    });
+    Controller::for_stream(act_stream, act_store)
+        .owns_stream(pod_stream)
+        .with_config(config)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!(error = %e, "controller stream");
+            }
+        })
+        .await;
+}

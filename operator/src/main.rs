@@ -1,0 +1,193 @@
+//! `activity-operator`: runs Activities (heartbeat.dev/v1alpha1) as worker pods.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use activity_operator::controller::{self, Settings};
+use activity_operator::metrics::Metrics;
+use activity_operator::server::{self, Health};
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs Activities (heartbeat.dev/v1alpha1): one worker pod per attempt, heartbeat and deadline
+/// enforcement, retries with exponential backoff, cancellation.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_bind_address: SocketAddr,
+    /// Activities reconciled at the same time.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+    /// Namespaces to watch (repeat or comma-separate); none = every namespace.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Service account of worker pods whose template names none.
+    #[arg(long, env = "WORKER_SERVICE_ACCOUNT", default_value = "activity-worker")]
+    worker_service_account: String,
+    /// Elect a leader through a Lease so that several replicas are safe.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: this pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    #[arg(long, env = "LEADER_ELECTION_LEASE", default_value = "activity-operator")]
+    leader_election_lease: String,
+    /// Seconds a leader's lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// This replica's identity (default: the pod name, else the hostname).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_tracing(args: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args);
+    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let version = client.apiserver_version().await.context("asking the API server for its version")?;
+    info!(server = %version.git_version, "connected to the API server");
+
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!("shutting down");
+            stop.cancel();
+        });
+    }
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
+    let http = {
+        let stop = stop.clone();
+        tokio::spawn(server::serve(args.metrics_bind_address, health, async move { stop.cancelled().await }))
+    };
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("activity-operator-{}", std::process::id()))
+    });
+    let mut leadership = None;
+    if args.leader_elect {
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease)
+            .with_namespace(&args.leader_election_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_duration_seconds)
+            .with_grace(2)
+            .with_field_manager("activity-operator")
+            .build()
+            .await
+            .context("setting up leader election")?;
+        let (mut is_leader, task) = manager.watch().await;
+        ready.store(true, Ordering::Relaxed);
+        info!(%identity, lease = %args.leader_election_lease, "waiting to become the leader");
+        let became_leader = tokio::select! {
+            _ = stop.cancelled() => false,
+            changed = is_leader.wait_for(|leader| *leader) => {
+                changed.context("leader election stopped")?;
+                true
+            }
+        };
+        if !became_leader {
+            drop(is_leader);
+            let _ = task.await;
+            return Ok(());
+        }
+        info!(%identity, "became the leader");
+        let lost = stop.child_token();
+        let mut watch = is_leader.clone();
+        {
+            let lost = lost.clone();
+            tokio::spawn(async move {
+                if watch.wait_for(|leader| !*leader).await.is_ok() {
+                    error!("lost leadership: stopping");
+                    lost.cancel();
+                }
+            });
+        }
+        leadership = Some((is_leader, task, lost));
+    }
+    ready.store(true, Ordering::Relaxed);
+
+    let run_stop = leadership.as_ref().map(|(_, _, lost)| lost.clone()).unwrap_or_else(|| stop.clone());
+    let reporter = Reporter { controller: "activity-operator".into(), instance: Some(identity.clone()) };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let namespaces: Vec<Option<String>> =
+        if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
+    info!(?namespaces, concurrency = args.concurrency, "starting the controller");
+    let controllers = namespaces.into_iter().map(|namespace| {
+        let settings = Settings {
+            namespace,
+            concurrency: args.concurrency,
+            worker_service_account: args.worker_service_account.clone(),
+        };
+        let token = run_stop.clone();
+        controller::run(client.clone(), settings, metrics.clone(), recorder.clone(), async move {
+            token.cancelled().await
+        })
+    });
+    futures::future::join_all(controllers).await;
+
+    let lost_leadership = leadership.as_ref().is_some_and(|(_, _, lost)| lost.is_cancelled()) && !stop.is_cancelled();
+    if let Some((is_leader, task, _)) = leadership {
+        drop(is_leader); // closing the channel releases the lease
+        match task.await {
+            Ok(Ok(_)) => info!("released the leader lease"),
+            Ok(Err(e)) => warn!(error = %e, "releasing the leader lease"),
+            Err(e) => warn!(error = %e, "leader election task"),
+        }
+    }
+    stop.cancel();
+    let _ = http.await;
+    if lost_leadership {
+        anyhow::bail!("lost leadership");
+    }
+    Ok(())
+}

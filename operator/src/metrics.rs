@@ -1,0 +1,117 @@
+//! Prometheus metrics, all under `activity_operator_`. Labels never carry object names.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// The operator's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Attempts started (worker pods created for a new attempt).
+    pub attempts: Counter,
+    /// Activities that reached a terminal phase, by phase.
+    pub outcomes: Family<KindLabel, Counter>,
+    /// Deadlines that lapsed, by timeout type.
+    pub timeouts: Family<KindLabel, Counter>,
+    /// Retries scheduled.
+    pub retries: Counter,
+    pub reconcile_duration: Histogram,
+    /// Failed reconciles, by error kind.
+    pub reconcile_errors: Family<KindLabel, Counter>,
+    /// Writes the operator made to the API, by kind (status, pod_create, pod_delete, finalizer, activity_delete).
+    pub api_writes: Family<KindLabel, Counter>,
+    /// From a heartbeat's timestamp to the operator seeing it.
+    pub heartbeat_lag: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("activity_operator");
+        let attempts = Counter::default();
+        let outcomes = Family::<KindLabel, Counter>::default();
+        let timeouts = Family::<KindLabel, Counter>::default();
+        let retries = Counter::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let reconcile_errors = Family::<KindLabel, Counter>::default();
+        let api_writes = Family::<KindLabel, Counter>::default();
+        let heartbeat_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("attempts", "Attempts started", attempts.clone());
+        registry.register("outcomes", "Activities finished, by terminal phase", outcomes.clone());
+        registry.register("timeouts", "Deadlines that lapsed, by timeout type", timeouts.clone());
+        registry.register("retries", "Retries scheduled", retries.clone());
+        registry.register("reconcile_duration_seconds", "Time of one reconcile", reconcile_duration.clone());
+        registry.register("reconcile_errors", "Failed reconciles, by error kind", reconcile_errors.clone());
+        registry.register("api_writes", "Writes to the Kubernetes API, by kind", api_writes.clone());
+        registry.register(
+            "heartbeat_lag_seconds",
+            "From a heartbeat's timestamp to the operator observing it",
+            heartbeat_lag.clone(),
+        );
+        Metrics {
+            registry,
+            attempts,
+            outcomes,
+            timeouts,
+            retries,
+            reconcile_duration,
+            reconcile_errors,
+            api_writes,
+            heartbeat_lag,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn write(&self, kind: &str) {
+        self.api_writes.get_or_create(&KindLabel { kind: kind.into() }).inc();
+    }
+
+    /// Counts what an event reason says happened.
+    pub fn count_event(&self, reason: &str) {
+        let label = |k: &str| KindLabel { kind: k.into() };
+        match reason {
+            "AttemptStarted" => {
+                self.attempts.inc();
+            }
+            "RetryScheduled" => {
+                self.retries.inc();
+            }
+            "HeartbeatTimedOut" => {
+                self.timeouts.get_or_create(&label("Heartbeat")).inc();
+            }
+            "StartToCloseTimedOut" => {
+                self.timeouts.get_or_create(&label("StartToClose")).inc();
+            }
+            "ScheduleToStartTimedOut" => {
+                self.timeouts.get_or_create(&label("ScheduleToStart")).inc();
+            }
+            "ScheduleToCloseTimedOut" => {
+                self.timeouts.get_or_create(&label("ScheduleToClose")).inc();
+            }
+            "Succeeded" | "Failed" | "TimedOut" | "Canceled" => {
+                self.outcomes.get_or_create(&label(reason)).inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn observe_reconcile(&self, took: Duration) {
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
