@@ -55,6 +55,14 @@ fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { action, source }
 }
 
+/// The API server's own message for API errors; the error itself otherwise.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn api_code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(status) => Some(status.code),
@@ -95,19 +103,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Context {
     /// The pods of the activity's recent attempts, from the cache, by their deterministic names.
     fn pods_of(&self, act: &Activity) -> Vec<PodView> {
-        let (Some(ns), Some(uid)) = (act.namespace(), act.uid()) else { return vec![] };
+        let (Some(ns), Some(uid)) = (act.namespace(), act.uid()) else {
+            return vec![];
+        };
         let current = act.status.as_ref().and_then(|s| s.attempt).unwrap_or(0);
         let first = (current - ATTEMPT_HISTORY as i32).max(1);
         let name = act.name_any();
         (first..=current)
-            .filter_map(|n| self.pods.get(&ObjectRef::new(&pod_name(&name, n)).within(&ns)))
+            .filter_map(|n| {
+                self.pods
+                    .get(&ObjectRef::new(&pod_name(&name, n)).within(&ns))
+            })
             .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
             .map(|p| PodView::from_pod(&p))
             .collect()
     }
 
     fn observe_heartbeat(&self, key: &ObjectRef<Activity>, act: &Activity, now: Timestamp) {
-        let Some(beat) = act.status.as_ref().and_then(|s| s.last_heartbeat_time.as_ref()).map(|t| t.0) else {
+        let Some(beat) = act
+            .status
+            .as_ref()
+            .and_then(|s| s.last_heartbeat_time.as_ref())
+            .map(|t| t.0)
+        else {
             return;
         };
         let mut seen = lock(&self.heartbeats);
@@ -123,7 +141,11 @@ impl Context {
     fn cache_is_behind(&self, key: &ObjectRef<Activity>, act: &Activity) -> bool {
         let mut stale = lock(&self.stale);
         match stale.get(key) {
-            Some((rv, until)) if Instant::now() < *until && act.resource_version().as_ref() == Some(rv) => true,
+            Some((rv, until))
+                if Instant::now() < *until && act.resource_version().as_ref() == Some(rv) =>
+            {
+                true
+            }
             Some(_) => {
                 stale.remove(key);
                 false
@@ -132,10 +154,10 @@ impl Context {
         }
     }
 
+    /// Drops the per-object memory of a finished activity (the stale-cache guard expires by itself).
     fn forget(&self, key: &ObjectRef<Activity>) {
         lock(&self.failures).remove(key);
         lock(&self.heartbeats).remove(key);
-        lock(&self.stale).remove(key);
     }
 }
 
@@ -153,7 +175,9 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     let plan = planner::plan(&act, &ctx.pods_of(&act), now);
     let result = execute(&act, plan, &ctx, &key).await;
     ctx.metrics.observe_reconcile(started.elapsed());
-    lock(&ctx.failures).remove(&key);
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&key);
+    }
     result
 }
 
@@ -167,7 +191,12 @@ pub fn error_policy(act: Arc<Activity>, error: &Error, ctx: Arc<Context>) -> Req
         *n = n.saturating_add(1);
         *n
     };
-    ctx.metrics.reconcile_errors.get_or_create(&crate::metrics::KindLabel { kind: error.kind().into() }).inc();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::KindLabel {
+            kind: error.kind().into(),
+        })
+        .inc();
     let base = 0.2 * 2f64.powi(failures.min(16) as i32 - 1);
     let jitter = 0.5 + rand::random::<f64>();
     let delay = Duration::from_secs_f64((base * jitter).min(120.0));
@@ -175,7 +204,12 @@ pub fn error_policy(act: Arc<Activity>, error: &Error, ctx: Arc<Context>) -> Req
     Requeue::requeue(delay)
 }
 
-async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Activity>) -> Result<Requeue, Error> {
+async fn execute(
+    act: &Activity,
+    plan: Plan,
+    ctx: &Context,
+    key: &ObjectRef<Activity>,
+) -> Result<Requeue, Error> {
     let ns = act.namespace().unwrap_or_default();
     let name = act.name_any();
     let acts: Api<Activity> = Api::namespaced(ctx.client.clone(), &ns);
@@ -198,12 +232,27 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
     for action in &plan.actions {
         match action {
             Action::CreatePod { attempt } => {
-                let pod = pods::build_pod(act, *attempt, &ctx.settings.worker_service_account).map_err(Error::BuildPod)?;
-                match pods.create(&PostParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() }, &pod).await {
+                let pod = pods::build_pod(act, *attempt, &ctx.settings.worker_service_account)
+                    .map_err(Error::BuildPod)?;
+                match pods
+                    .create(
+                        &PostParams {
+                            field_manager: Some(OPERATOR_MANAGER.into()),
+                            ..Default::default()
+                        },
+                        &pod,
+                    )
+                    .await
+                {
                     Ok(_) => ctx.metrics.write("pod_create"),
                     Err(e) if api_code(&e) == Some(409) => debug!("pod already exists"),
                     Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
-                        let rejected = planner::pod_rejected(act, &plan.status, &status.message, Timestamp::now());
+                        let rejected = planner::pod_rejected(
+                            act,
+                            &plan.status,
+                            &status.message,
+                            Timestamp::now(),
+                        );
                         write_status(&acts, &name, &rejected.status).await?;
                         ctx.metrics.write("status");
                         publish(ctx, act, &rejected.events).await;
@@ -213,7 +262,20 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
                         }
                         return Ok(Requeue::await_change());
                     }
-                    Err(e) => return Err(kube_err("create pod")(e)),
+                    Err(e) => {
+                        // Transient or an install problem (missing service account, quota): retried
+                        // with backoff, and shown to the user on the Activity.
+                        let event = Event {
+                            warning: true,
+                            reason: "PodCreateFailed",
+                            message: format!(
+                                "attempt {attempt}: cannot create the worker pod (will retry): {}",
+                                api_message(&e)
+                            ),
+                        };
+                        publish(ctx, act, std::slice::from_ref(&event)).await;
+                        return Err(kube_err("create pod")(e));
+                    }
                 }
             }
             Action::DeletePod { name } => match pods.delete(name, &DeleteParams::default()).await {
@@ -231,7 +293,13 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
     }
     if plan.has(&Action::DeleteActivity) {
         let uid = act.uid();
-        let params = DeleteParams { preconditions: Some(Preconditions { uid, resource_version: None }), ..DeleteParams::background() };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
         match acts.delete(&name, &params).await {
             Ok(_) => info!("ttlSecondsAfterFinished passed: deleted"),
             Err(e) if matches!(api_code(&e), Some(404 | 409)) => {}
@@ -247,7 +315,11 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
 }
 
 /// Server-side apply of the operator's part of the status.
-async fn write_status(acts: &Api<Activity>, name: &str, status: &ActivityStatus) -> Result<(), Error> {
+async fn write_status(
+    acts: &Api<Activity>,
+    name: &str,
+    status: &ActivityStatus,
+) -> Result<(), Error> {
     let mut value = serde_json::to_value(status).map_err(Error::Serialize)?;
     if let Some(fields) = value.as_object_mut() {
         for field in WORKER_FIELDS {
@@ -255,9 +327,13 @@ async fn write_status(acts: &Api<Activity>, name: &str, status: &ActivityStatus)
         }
     }
     let patch = json!({ "apiVersion": Activity::api_version(&()), "kind": Activity::kind(&()), "status": value });
-    acts.patch_status(name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(kube_err("write status"))?;
+    acts.patch_status(
+        name,
+        &PatchParams::apply(OPERATOR_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err("write status"))?;
     Ok(())
 }
 
@@ -266,8 +342,13 @@ async fn add_finalizer(acts: &Api<Activity>, act: &Activity) -> Result<(), Error
     let mut finalizers = act.finalizers().to_vec();
     finalizers.push(FINALIZER.into());
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": act.resource_version() } });
-    let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
-    acts.patch(&act.name_any(), &params, &Patch::Merge(&patch)).await.map_err(kube_err("add finalizer"))?;
+    let params = PatchParams {
+        field_manager: Some(OPERATOR_MANAGER.into()),
+        ..Default::default()
+    };
+    acts.patch(&act.name_any(), &params, &Patch::Merge(&patch))
+        .await
+        .map_err(kube_err("add finalizer"))?;
     Ok(())
 }
 
@@ -277,14 +358,19 @@ async fn remove_finalizer(acts: &Api<Activity>, name: &str) -> Result<(), Error>
         Some(a) => a,
         None => return Ok(()),
     };
-    let Some(index) = fresh.finalizers().iter().position(|f| f == FINALIZER) else { return Ok(()) };
+    let Some(index) = fresh.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
     let path = format!("/metadata/finalizers/{index}");
     let patch: json_patch::Patch = serde_json::from_value(json!([
         { "op": "test", "path": path, "value": FINALIZER },
         { "op": "remove", "path": path },
     ]))
     .map_err(Error::Serialize)?;
-    let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+    let params = PatchParams {
+        field_manager: Some(OPERATOR_MANAGER.into()),
+        ..Default::default()
+    };
     match acts.patch(name, &params, &Patch::<()>::Json(patch)).await {
         Ok(_) => Ok(()),
         Err(e) if api_code(&e) == Some(404) => Ok(()),
@@ -302,7 +388,11 @@ async fn publish(ctx: &Context, act: &Activity, events: &[Event]) {
             info!(reason = event.reason, "{}", event.message);
         }
         let ev = KubeEvent {
-            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: event.reason.into(),
             note: Some(event.message.chars().take(1000).collect()),
             action: "Reconcile".into(),
@@ -328,7 +418,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (acts, pods): (Api<Activity>, Api<Pod>) = match &settings.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (act_store, act_writer) = reflector::store();
@@ -338,11 +431,16 @@ pub async fn run(
         .reflect(act_writer)
         .applied_objects();
     let (pod_store, pod_writer) = reflector::store();
-    let pod_stream = watcher(pods, watcher::Config::default().labels(activity_crds::LABEL_ACTIVITY).any_semantic())
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(pod_writer)
-        .touched_objects();
+    let pod_stream = watcher(
+        pods,
+        watcher::Config::default()
+            .labels(activity_crds::LABEL_ACTIVITY)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .modify(strip_managed_fields)
+    .reflect(pod_writer)
+    .touched_objects();
     let config = ControllerConfig::default().concurrency(settings.concurrency);
     let ctx = Arc::new(Context {
         client,

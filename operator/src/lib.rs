@@ -3,8 +3,8 @@
 //! injected); `controller` acts.
 
 pub mod config;
-pub mod planner;
-pub mod pods;
 pub mod controller;
 pub mod metrics;
+pub mod planner;
+pub mod pods;
 pub mod server;
