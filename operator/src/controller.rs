@@ -38,6 +38,8 @@ pub enum Error {
     Serialize(#[source] serde_json::Error),
     #[error("building the worker pod: {0}")]
     BuildPod(#[source] pods::BuildError),
+    #[error("the pod cache has not finished its first list")]
+    PodCacheNotReady,
 }
 
 impl Error {
@@ -47,6 +49,7 @@ impl Error {
             Error::Kube { action, .. } => action,
             Error::Serialize(_) => "serialize",
             Error::BuildPod(_) => "build_pod",
+            Error::PodCacheNotReady => "pod_cache",
         }
     }
 }
@@ -169,6 +172,11 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     if ctx.cache_is_behind(&key, &act) {
         debug!("cache has not seen our last status write yet");
         return Ok(Requeue::requeue(Duration::from_millis(100)));
+    }
+    // Judging an attempt needs its pod: never plan from a pod cache that has not listed yet
+    // (right after a restart every pod would look deleted).
+    if tokio::time::timeout(Duration::from_secs(30), ctx.pods.wait_until_ready()).await.is_err() {
+        return Err(Error::PodCacheNotReady);
     }
     let now = Timestamp::now();
     ctx.observe_heartbeat(&key, &act, now);

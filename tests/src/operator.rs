@@ -1,0 +1,122 @@
+//! Running the operator for one test: the workspace's `activity-operator` binary as a host
+//! process, watching only the test's namespace, so tests never share an operator.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::{kubeconfig_path, kubectl, local_dir, repo_root, wait_for};
+
+/// Directory of the workspace's own binaries (`activity-operator`, `activity-worker`):
+/// `$ACTIVITY_BIN_DIR`, else `<repo>/target/debug` (what the process node runs as well).
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("ACTIVITY_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug"));
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} does not exist: run `cargo build --workspace --bins` first", path.display());
+    }
+    Ok(path)
+}
+
+/// Applies the Activity CRD (server-side apply: idempotent and safe from parallel tests).
+pub fn ensure_crd() -> anyhow::Result<()> {
+    kubectl(&["apply", "--server-side", "--field-manager=activity-tests", "-f", "crds/activity.yaml"])?;
+    kubectl(&["wait", "--for=condition=Established", "crd/activities.heartbeat.dev", "--timeout=60s"])?;
+    Ok(())
+}
+
+/// Creates the worker service account and Role in `ns` (as the chart does for served namespaces).
+pub fn worker_rbac(ns: &str) -> anyhow::Result<()> {
+    kubectl(&["apply", "-n", ns, "-f", "worker-image/rbac/worker-role.yaml"])?;
+    Ok(())
+}
+
+/// A running operator scoped to one namespace; killed on drop.
+pub struct Operator {
+    child: Child,
+    pub namespace: String,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator for `ns` and waits until `/readyz` answers.
+    pub async fn start(ns: &str) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_on(ns, port).await
+    }
+
+    async fn start_on(ns: &str, port: u16) -> anyhow::Result<Self> {
+        let exe = workspace_bin("activity-operator")?;
+        let logs = local_dir().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("test-operator-{ns}.log"));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = Command::new(&exe)
+            .args(["--namespace", ns, "--metrics-bind-address", &format!("127.0.0.1:{port}")])
+            .args(["--concurrency", "4", "--log-level", "info,activity_operator=debug"])
+            .env("KUBECONFIG", kubeconfig_path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let op = Operator { child, namespace: ns.to_string(), metrics_port: port, log };
+        wait_for(Duration::from_secs(30), "operator /readyz", || async {
+            Ok(op.get("/readyz").await.ok().filter(|b| b.trim() == "ok").map(|_| ()))
+        })
+        .await?;
+        Ok(op)
+    }
+
+    /// Stops the operator (SIGKILL: like a crash) and starts a new one on the same port.
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (ns, port) = (self.namespace.clone(), self.metrics_port);
+        drop(self);
+        Self::start_on(&ns, port).await
+    }
+
+    /// Kills the operator and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// GET on the operator's HTTP port.
+    pub async fn get(&self, path: &str) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {head}");
+        }
+        Ok(body.to_string())
+    }
+
+    /// The sum of a counter family (e.g. `activity_operator_api_writes_total`) in `/metrics`.
+    pub async fn counter(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.get("/metrics").await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

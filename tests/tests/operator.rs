@@ -1,0 +1,484 @@
+//! The controller against the real local cluster: each test runs its own operator on its own
+//! namespace. Workers here are plain shell processes (image `busybox` runs host commands on the
+//! process node); where a test needs a worker's heartbeat or outcome it writes them through the
+//! API exactly as a worker would (JSON Patch of the status subresource with a `test` of the attempt).
+
+use std::time::Duration;
+
+use activity_crds::{Activity, Phase, TimeoutType};
+use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
+use activity_tests::{TestNs, kubectl, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+struct Scenario {
+    ns: TestNs,
+    op: Operator,
+    acts: Api<Activity>,
+    pods: Api<Pod>,
+}
+
+impl Scenario {
+    async fn new(prefix: &str) -> Scenario {
+        ensure_crd().expect("CRD");
+        let ns = TestNs::new(prefix).await.expect("namespace");
+        worker_rbac(&ns.name).expect("worker RBAC");
+        let op = Operator::start(&ns.name).await.expect("operator");
+        let acts = ns.api::<Activity>();
+        let pods = ns.api::<Pod>();
+        Scenario { ns, op, acts, pods }
+    }
+
+    async fn create(&self, name: &str, spec: Value) -> Activity {
+        let act: Activity = serde_json::from_value(json!({
+            "apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .expect("activity json");
+        self.acts.create(&PostParams::default(), &act).await.expect("create activity")
+    }
+
+    /// Waits until `check` accepts the activity; on timeout dumps the namespace and panics.
+    async fn wait(&self, name: &str, secs: u64, what: &str, check: impl Fn(&Activity) -> bool) -> Activity {
+        let res = wait_for(Duration::from_secs(secs), what, || async {
+            Ok(self.acts.get_opt(name).await?.filter(|a| check(a)))
+        })
+        .await;
+        match res {
+            Ok(a) => a,
+            Err(e) => {
+                self.dump();
+                panic!("{name}: {e:#}");
+            }
+        }
+    }
+
+    async fn wait_phase(&self, name: &str, phase: Phase, secs: u64) -> Activity {
+        self.wait(name, secs, &format!("phase {phase:?}"), |a| phase_of(a) == Some(phase)).await
+    }
+
+    async fn wait_gone(&self, name: &str, secs: u64) {
+        let res = wait_for(Duration::from_secs(secs), "activity deleted", || async {
+            Ok(self.acts.get_opt(name).await?.is_none().then_some(()))
+        })
+        .await;
+        if let Err(e) = res {
+            self.dump();
+            panic!("{name}: {e:#}");
+        }
+    }
+
+    fn dump(&self) {
+        let ns = &self.ns.name;
+        for args in [
+            vec!["get", "activities", "-n", ns, "-o", "yaml"],
+            vec!["get", "pods", "-n", ns, "-o", "wide"],
+            vec!["get", "events", "-n", ns],
+        ] {
+            eprintln!("--- kubectl {}\n{}", args.join(" "), kubectl(&args).unwrap_or_else(|e| e.to_string()));
+        }
+        let log = std::fs::read_to_string(&self.op.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        eprintln!("--- operator log (last lines)\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+
+    /// A heartbeat as the worker of `attempt` sends it.
+    async fn heartbeat(&self, name: &str, attempt: i32, details: Value) -> Result<Activity, kube::Error> {
+        let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        self.worker_patch(
+            name,
+            json!([
+                {"op": "test", "path": "/status/attempt", "value": attempt},
+                {"op": "add", "path": "/status/lastHeartbeatTime", "value": now},
+                {"op": "add", "path": "/status/heartbeatDetails", "value": details},
+            ]),
+        )
+        .await
+    }
+
+    async fn worker_patch(&self, name: &str, ops: Value) -> Result<Activity, kube::Error> {
+        let patch: json_patch::Patch = serde_json::from_value(ops).expect("json patch");
+        let params = PatchParams { field_manager: Some("activity-worker".into()), ..Default::default() };
+        self.acts.patch_status(name, &params, &Patch::<()>::Json(patch)).await
+    }
+
+    async fn pods_of(&self, name: &str) -> Vec<Pod> {
+        let lp = ListParams::default().labels(&format!("heartbeat.dev/activity={name}"));
+        self.pods.list(&lp).await.expect("list pods").items
+    }
+
+    async fn finish(self) {
+        drop(self.op);
+        self.ns.delete().await.expect("delete namespace");
+    }
+}
+
+fn status(a: &Activity) -> activity_crds::ActivityStatus {
+    a.status.clone().unwrap_or_default()
+}
+
+fn phase_of(a: &Activity) -> Option<Phase> {
+    a.status.as_ref().and_then(|s| s.phase)
+}
+
+fn shell(script: &str) -> Value {
+    json!({"spec": {"containers": [{"name": "worker", "image": "busybox", "command": ["sh", "-c", script]}]}})
+}
+
+#[tokio::test]
+async fn hung_worker_times_out_on_heartbeat_and_is_retried() {
+    let s = Scenario::new("op-heartbeat").await;
+    s.create(
+        "hung",
+        json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "2s",
+               "retryPolicy": {"initialInterval": "1s", "maximumAttempts": 2},
+               "template": shell("sleep 3600")}),
+    )
+    .await;
+    let a = s.wait_phase("hung", Phase::TimedOut, 60).await;
+    let st = status(&a);
+    assert_eq!(st.attempt, Some(2));
+    let f = st.last_failure.expect("lastFailure");
+    assert_eq!(f.timeout_type, Some(TimeoutType::Heartbeat));
+    assert_eq!(st.attempts.len(), 2);
+    assert!(st.attempts.iter().all(|r| r.outcome == "TimedOut"));
+    // Both hung workers were stopped: their pods end terminated, not running.
+    wait_for(Duration::from_secs(60), "hung pods stopped", || async {
+        let pods = s.pods_of("hung").await;
+        let running = pods.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        Ok((running.count() == 0).then_some(()))
+    })
+    .await
+    .expect("pods stopped");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn start_to_close_timeout_ends_the_attempt() {
+    let s = Scenario::new("op-stc").await;
+    s.create(
+        "slow",
+        json!({"startToCloseTimeout": "3s", "retryPolicy": {"maximumAttempts": 1}, "template": shell("sleep 3600")}),
+    )
+    .await;
+    let a = s.wait_phase("slow", Phase::TimedOut, 60).await;
+    let st = status(&a);
+    assert_eq!(st.last_failure.and_then(|f| f.timeout_type), Some(TimeoutType::StartToClose));
+    let started = st.started_time.expect("startedTime").0;
+    let closed = st.closed_time.expect("closedTime").0;
+    assert!(closed.duration_since(started) >= k8s_openapi::jiff::SignedDuration::from_secs(3), "never early");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn unknown_image_times_out_schedule_to_start_without_retry() {
+    let s = Scenario::new("op-sts").await;
+    s.create(
+        "nopull",
+        json!({"startToCloseTimeout": "1m", "scheduleToStartTimeout": "3s",
+               "template": {"spec": {"containers": [{"name": "w", "image": "registry.invalid/none/such:1"}]}}}),
+    )
+    .await;
+    let a = s.wait_phase("nopull", Phase::TimedOut, 60).await;
+    let st = status(&a);
+    assert_eq!(st.attempt, Some(1), "never retried");
+    let f = st.last_failure.expect("lastFailure");
+    assert_eq!((f.timeout_type, f.non_retryable), (Some(TimeoutType::ScheduleToStart), true));
+    assert!(f.message.contains("ErrImagePull") || f.message.contains("ImagePullBackOff"), "{}", f.message);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn schedule_to_close_ends_the_retries() {
+    let s = Scenario::new("op-s2c").await;
+    s.create(
+        "flaky",
+        json!({"scheduleToCloseTimeout": "12s", "startToCloseTimeout": "5s",
+               "retryPolicy": {"initialInterval": "1s", "backoffCoefficient": 1.0},
+               "template": shell("exit 1")}),
+    )
+    .await;
+    let a = s.wait_phase("flaky", Phase::TimedOut, 60).await;
+    let st = status(&a);
+    assert_eq!(st.last_failure.as_ref().and_then(|f| f.timeout_type), Some(TimeoutType::ScheduleToClose));
+    assert!(st.attempts.len() >= 2, "retried before the deadline: {:?}", st.attempts);
+    // Every attempt failed on its exit code, except one cut short by the deadline itself.
+    let (last, earlier) = st.attempts.split_last().expect("attempts");
+    assert!(earlier.iter().all(|r| r.failure.as_ref().is_some_and(|f| f.type_ == "ExitCode")), "{earlier:?}");
+    let last = last.failure.as_ref().expect("last failure");
+    assert!(last.type_ == "ExitCode" || last.timeout_type == Some(TimeoutType::ScheduleToClose), "{last:?}");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn non_retryable_failures_end_the_activity_at_once() {
+    let s = Scenario::new("op-nonretry").await;
+    s.create(
+        "fatal",
+        json!({"startToCloseTimeout": "1m", "retryPolicy": {"nonRetryableErrorTypes": ["BadInput"]},
+               "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("fatal", Phase::Running, 60).await;
+    s.worker_patch(
+        "fatal",
+        json!([
+            {"op": "test", "path": "/status/attempt", "value": 1},
+            {"op": "add", "path": "/status/outcome", "value": {"attempt": 1, "succeeded": false,
+                "failure": {"type": "BadInput", "message": "record 7 is malformed", "nonRetryable": false}}},
+        ]),
+    )
+    .await
+    .expect("outcome");
+    let a = s.wait_phase("fatal", Phase::Failed, 30).await;
+    let st = status(&a);
+    let f = st.last_failure.expect("lastFailure");
+    assert_eq!((f.type_.as_str(), f.non_retryable, f.message.as_str()), ("BadInput", true, "record 7 is malformed"));
+    assert_eq!(st.attempt, Some(1));
+    // The worker's own nonRetryable flag does the same for an unlisted type.
+    s.create("fatal2", json!({"startToCloseTimeout": "1m", "template": shell("sleep 3600")})).await;
+    s.wait_phase("fatal2", Phase::Running, 60).await;
+    s.worker_patch(
+        "fatal2",
+        json!([
+            {"op": "test", "path": "/status/attempt", "value": 1},
+            {"op": "add", "path": "/status/outcome", "value": {"attempt": 1, "succeeded": false,
+                "failure": {"type": "Whatever", "message": "no", "nonRetryable": true}}},
+        ]),
+    )
+    .await
+    .expect("outcome");
+    let a = s.wait_phase("fatal2", Phase::Failed, 30).await;
+    assert_eq!(status(&a).attempt, Some(1));
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_retried_without_waiting_for_the_heartbeat_timeout() {
+    let s = Scenario::new("op-crash").await;
+    s.create(
+        "crash",
+        json!({"startToCloseTimeout": "10m", "heartbeatTimeout": "5m",
+               "retryPolicy": {"initialInterval": "1s"}, "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("crash", Phase::Running, 60).await;
+    s.pods.delete("crash-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("kill pod");
+    let a = s.wait("crash", 30, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running)).await;
+    let first = &status(&a).attempts[0];
+    let f = first.failure.as_ref().expect("attempt 1 failure");
+    assert_eq!(f.timeout_type, None, "judged by the pod, not by a heartbeat timeout: {f:?}");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn successful_outcome_carries_the_result_and_details_survive_retries() {
+    let s = Scenario::new("op-success").await;
+    s.create(
+        "ok",
+        json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "30s",
+               "retryPolicy": {"initialInterval": "1s"}, "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("ok", Phase::Running, 60).await;
+    s.heartbeat("ok", 1, json!({"offset": 41, "progress": "41/100"})).await.expect("heartbeat");
+    // attempt 1 crashes; attempt 2 sees the details of attempt 1
+    s.pods.delete("ok-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("kill");
+    let a = s.wait("ok", 30, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running)).await;
+    assert_eq!(status(&a).heartbeat_details, Some(json!({"offset": 41, "progress": "41/100"})));
+    let table = kubectl(&["get", "act", "ok", "-n", &s.ns.name]).expect("kubectl get act");
+    assert!(table.contains("41/100") && table.contains("Running"), "{table}");
+    s.worker_patch(
+        "ok",
+        json!([
+            {"op": "test", "path": "/status/attempt", "value": 2},
+            {"op": "add", "path": "/status/outcome", "value": {"attempt": 2, "succeeded": true, "result": {"offset": 100}}},
+        ]),
+    )
+    .await
+    .expect("outcome");
+    let a = s.wait_phase("ok", Phase::Succeeded, 30).await;
+    let st = status(&a);
+    assert_eq!(st.result, Some(json!({"offset": 100})));
+    let succeeded = st.conditions.iter().find(|c| c.type_ == "Succeeded").expect("condition");
+    assert_eq!(succeeded.status, "True");
+    assert_eq!(st.attempts.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(), vec!["Failed", "Succeeded"]);
+    let events = kubectl(&["get", "events", "-n", &s.ns.name, "--field-selector", "involvedObject.name=ok"]).expect("events");
+    for reason in ["AttemptStarted", "AttemptFailed", "RetryScheduled", "Succeeded"] {
+        assert!(events.contains(reason), "event {reason} missing:\n{events}");
+    }
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_zombie_heartbeat_from_an_old_attempt_is_refused() {
+    let s = Scenario::new("op-zombie").await;
+    s.create(
+        "z",
+        json!({"startToCloseTimeout": "1m", "retryPolicy": {"initialInterval": "1s"}, "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("z", Phase::Running, 60).await;
+    s.pods.delete("z-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("kill");
+    s.wait("z", 30, "attempt 2", |a| status(a).attempt == Some(2)).await;
+    let refused = s.heartbeat("z", 1, json!({"from": "zombie"})).await;
+    match refused {
+        Err(kube::Error::Api(e)) => assert!(e.code == 422 || e.code == 409, "{e:?}"),
+        other => panic!("a heartbeat of attempt 1 must be refused, got {other:?}"),
+    }
+    let a = s.acts.get("z").await.expect("get");
+    assert_ne!(status(&a).heartbeat_details, Some(json!({"from": "zombie"})));
+    s.heartbeat("z", 2, json!({"from": "attempt 2"})).await.expect("the current attempt may heartbeat");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_causes_no_operator_write() {
+    let s = Scenario::new("op-zero").await;
+    s.create(
+        "beat",
+        json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "1m", "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("beat", Phase::Running, 60).await;
+    // Let the operator settle on the Running status, then count its writes across 20 heartbeats.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = s.op.counter("activity_operator_api_writes_total").await.expect("metrics");
+    let reconciles_before = s.op.counter("activity_operator_reconcile_duration_seconds_count").await.expect("metrics");
+    for i in 0..20 {
+        s.heartbeat("beat", 1, json!({"i": i})).await.expect("heartbeat");
+    }
+    // The operator saw them (it reconciled) ...
+    wait_for(Duration::from_secs(20), "reconciles after heartbeats", || async {
+        let n = s.op.counter("activity_operator_reconcile_duration_seconds_count").await?;
+        Ok((n > reconciles_before).then_some(()))
+    })
+    .await
+    .expect("operator observed the heartbeats");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // ... and wrote nothing.
+    let after = s.op.counter("activity_operator_api_writes_total").await.expect("metrics");
+    assert_eq!(after, before, "operator writes during 20 heartbeats");
+    let lag = s.op.counter("activity_operator_heartbeat_lag_seconds_count").await.expect("metrics");
+    assert!(lag >= 1.0, "heartbeat lag observed");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn cancel_requested_stops_the_worker_and_keeps_the_object() {
+    let s = Scenario::new("op-cancel").await;
+    s.create(
+        "c",
+        json!({"startToCloseTimeout": "10m", "cancellationGracePeriod": "1s", "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("c", Phase::Running, 60).await;
+    let params = PatchParams::default();
+    s.acts.patch("c", &params, &Patch::Merge(json!({"spec": {"cancelRequested": true}}))).await.expect("cancel");
+    let a = s.wait_phase("c", Phase::Canceled, 60).await;
+    let st = status(&a);
+    assert!(st.cancel_requested_time.is_some());
+    assert_eq!(st.attempts.last().map(|r| r.outcome.as_str()), Some("Canceled"));
+    // The worker that never heartbeats was stopped after the grace period, not after start-to-close.
+    let pods = s.pods_of("c").await;
+    assert!(pods.iter().all(|p| p.metadata.deletion_timestamp.is_some()
+        || matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded"))));
+    assert!(a.metadata.finalizers.unwrap_or_default().is_empty(), "finalizer released");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn delete_waits_for_a_silent_worker_for_the_grace_period_then_removes_it() {
+    let s = Scenario::new("op-delete").await;
+    s.create(
+        "d",
+        json!({"startToCloseTimeout": "10m", "cancellationGracePeriod": "2s", "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("d", Phase::Running, 60).await;
+    s.acts.delete("d", &DeleteParams::default()).await.expect("delete");
+    let a = s.wait_phase("d", Phase::Canceling, 10).await;
+    assert!(a.metadata.deletion_timestamp.is_some(), "held by the finalizer");
+    s.wait_gone("d", 60).await;
+    // The worker is gone too.
+    wait_for(Duration::from_secs(60), "worker pod gone", || async {
+        Ok(s.pods.get_opt("d-1").await?.is_none().then_some(()))
+    })
+    .await
+    .expect("pod gone");
+    // A Pending activity is canceled at once.
+    s.create(
+        "p",
+        json!({"startToCloseTimeout": "1m", "template": {"spec": {"containers": [{"name": "w", "image": "registry.invalid/x:1"}]}}}),
+    )
+    .await;
+    s.wait_phase("p", Phase::Pending, 30).await;
+    s.acts.delete("p", &DeleteParams::default()).await.expect("delete");
+    s.wait_gone("p", 30).await;
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_restarted_operator_rearms_deadlines_and_never_duplicates_a_pod() {
+    let s = Scenario::new("op-restart").await;
+    s.create(
+        "r",
+        json!({"startToCloseTimeout": "8s", "retryPolicy": {"maximumAttempts": 1}, "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("r", Phase::Running, 60).await;
+    let Scenario { ns, mut op, acts, pods } = s;
+    op.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let op = op.restart().await.expect("restart operator");
+    let s = Scenario { ns, op, acts, pods };
+    let a = s.wait_phase("r", Phase::TimedOut, 60).await;
+    assert_eq!(status(&a).last_failure.and_then(|f| f.timeout_type), Some(TimeoutType::StartToClose));
+    assert_eq!(s.pods_of("r").await.len(), 1, "one pod for the one attempt");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_template_the_api_server_refuses_fails_the_activity_with_its_message() {
+    let s = Scenario::new("op-badpod").await;
+    s.create(
+        "bad",
+        json!({"startToCloseTimeout": "1m",
+               "template": {"spec": {"containers": [{"name": "Not_A_DNS_Label", "image": "busybox", "command": ["true"]}]}}}),
+    )
+    .await;
+    let a = s.wait_phase("bad", Phase::Failed, 30).await;
+    let f = status(&a).last_failure.expect("lastFailure");
+    assert_eq!((f.type_.as_str(), f.non_retryable), ("PodCreationFailed", true));
+    assert!(f.message.contains("Not_A_DNS_Label"), "the API server's own message: {}", f.message);
+    let events = kubectl(&["get", "events", "-n", &s.ns.name, "--field-selector", "type=Warning"]).expect("events");
+    assert!(events.contains("PodCreationFailed"), "{events}");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn bad_manifests_are_refused_naming_the_field() {
+    ensure_crd().expect("CRD");
+    let cases = [
+        (json!({"startToCloseTimeout": "2 minutes", "template": shell("true")}), "spec.startToCloseTimeout"),
+        (json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "2m", "template": shell("true")}), "spec.heartbeatTimeout"),
+        (json!({"template": shell("true")}), "spec.startToCloseTimeout and spec.scheduleToCloseTimeout"),
+        (json!({"startToCloseTimeout": "1m", "retryPolicy": {"backoffCoefficient": 0.5}, "template": shell("true")}), "spec.retryPolicy.backoffCoefficient"),
+        (json!({"startToCloseTimeout": "1m", "retryPolicy": {"maximumAttempts": -2}, "template": shell("true")}), "spec.retryPolicy.maximumAttempts"),
+        (json!({"startToCloseTimeout": "1m"}), "spec.template"),
+        (json!({"startToCloseTimeout": "1m", "template": {"spec": {"containers": []}}}), "spec.template.spec.containers"),
+    ];
+    let dir = std::env::temp_dir().join(format!("bad-manifests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    for (i, (spec, field)) in cases.into_iter().enumerate() {
+        let manifest = json!({"apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
+                              "metadata": {"name": format!("bad-{i}"), "namespace": "default"}, "spec": spec});
+        let path = dir.join(format!("{i}.json"));
+        std::fs::write(&path, manifest.to_string()).expect("write");
+        let out = activity_tests::tool("kubectl", &["apply", "--dry-run=server", "-f", path.to_str().expect("utf8")]).expect("kubectl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} was accepted");
+        assert!(stderr.contains(field), "case {i}: the message names {field}: {stderr}");
+    }
+}
