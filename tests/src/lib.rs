@@ -3,6 +3,8 @@
 //!
 //! The tests expect a running local cluster (`make cluster`, which `make test` starts itself).
 
+pub mod operator;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,10 +18,7 @@ use kube::{Client, Config};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// `.local/` of the repository: the running local cluster's state.
@@ -86,7 +85,9 @@ where
         }
         if start.elapsed() > timeout {
             match last_err {
-                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
                 None => bail!("timed out after {timeout:?} waiting for {what}"),
             }
         }
@@ -112,10 +113,8 @@ impl TestNs {
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
         // The service account controller creates `default` shortly after; pods need it.
         let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
-        wait_for(Duration::from_secs(30), "default service account", || async {
-            Ok(sa.get_opt("default").await?)
-        })
-        .await?;
+        wait_for(Duration::from_secs(30), "default service account", || async { Ok(sa.get_opt("default").await?) })
+            .await?;
         Ok(Self { name, client })
     }
 
