@@ -16,6 +16,15 @@ bin="$cache_root/bin/$k8s_version-$key"
 tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
 all_there() { for t in "${tools[@]}"; do [[ -x $bin/$t ]] || return 1; done; }
 if all_there; then echo "$bin"; exit 0; fi
+# One build at a time: a concurrent caller (another `cluster.sh up`, a test run) waits for the running
+# build and then uses its result instead of racing it on the same directory.
+mkdir -p "$cache_root/bin"
+exec 9>"$cache_root/bin/.build.lock"
+if ! flock -n 9; then
+  echo "build-binaries: another build of the control plane is running; waiting for it" >&2
+  flock 9
+fi
+if all_there; then echo "$bin"; exit 0; fi
 
 # BUILD-RECIPE (anything below this line is part of the cache key)
 mkdir -p "$bin.tmp"

@@ -1,1 +1,144 @@
-//! process-node
+//! `process-node`: the kubelet of one Node of the local cluster, running pods as host processes.
+//!
+//! It registers the Node and keeps its Lease fresh ([`node`]), watches the pods bound to it
+//! ([`supervisor`]) and runs one worker per pod ([`pod`]): a loopback pod IP ([`ipam`]), a
+//! service account token and kubeconfig ([`creds`]), each container a host process in its own
+//! process group ([`image`], [`env`], [`process`]), probes ([`probe`]), and a kubelet-like pod
+//! status ([`status`], [`policy`]).
+
+pub mod creds;
+pub mod ctx;
+pub mod env;
+pub mod error;
+pub mod expand;
+pub mod image;
+pub mod ipam;
+pub mod node;
+pub mod pod;
+pub mod policy;
+pub mod probe;
+pub mod process;
+pub mod quantity;
+pub mod status;
+pub mod supervisor;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, Config};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use error::{Error, Result};
+
+/// The node's settings (the command line).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kubeconfig: PathBuf,
+    pub node_name: String,
+    pub state_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| Error::io("creating", p, e))
+}
+
+/// An API client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig { path: path.into(), source })?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::ClientConfig(e.to_string()))?;
+    Client::try_from(config).map_err(Error::from)
+}
+
+/// Retries `f` on transient errors for up to `patience`.
+async fn with_retry<T, F, Fut>(what: &str, patience: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && start.elapsed() < patience => {
+                warn!(error = %e, "{what}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs the node until `shutdown` is cancelled; then stops every pod process and returns.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> {
+    let state_dir = absolute(&settings.state_dir);
+    let log_dir = absolute(&settings.log_dir);
+    let bin_dir = absolute(&settings.bin_dir);
+    let pids_dir = state_dir.join("pids");
+    for d in [&state_dir, &log_dir, &pids_dir, &state_dir.join("pods")] {
+        mkdir(d)?;
+    }
+    let leftovers = process::kill_leftovers(&pids_dir);
+    if leftovers > 0 {
+        warn!(leftovers, "killed processes of an earlier run");
+    }
+    let client = client_from(&settings.kubeconfig).await?;
+    let access = creds::ClusterAccess::from_kubeconfig(&settings.kubeconfig)?;
+    let version = with_retry("reading the API server version", Duration::from_secs(60), || async {
+        Ok(client.apiserver_version().await?)
+    })
+    .await?
+    .git_version;
+    let host = node::HostInfo::read();
+    let since = Timestamp::now();
+    let node_uid = with_retry("registering the node", Duration::from_secs(60), || {
+        node::register(&client, &settings.node_name, &version, &host, since)
+    })
+    .await?;
+    info!(node = %settings.node_name, %version, "node ready");
+    let heartbeat = tokio::spawn(node::heartbeat(
+        client.clone(),
+        settings.node_name.clone(),
+        version,
+        host,
+        node_uid,
+        since,
+        shutdown.clone(),
+    ));
+    let reporter = Reporter { controller: "kubelet".into(), instance: Some(settings.node_name.clone()) };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(ctx::NodeCtx {
+        client,
+        node_name: settings.node_name,
+        state_dir,
+        log_dir,
+        bin_dir,
+        pids_dir,
+        host_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        access,
+        ips: Mutex::new(ipam::IpPool::default()),
+        api: Semaphore::new(ctx::API_CONCURRENCY),
+        recorder,
+        shutdown: shutdown.clone(),
+    });
+    supervisor::run(ctx).await;
+    shutdown.cancel();
+    let _ = heartbeat.await;
+    info!("node stopped");
+    Ok(())
+}

@@ -1,0 +1,67 @@
+# Entry points. The local cluster (deploy/local/cluster.sh) is real etcd + kube-apiserver +
+# kube-controller-manager + kube-scheduler on loopback plus the process node; its kubectl and helm
+# come from .local/bin-dir (the pinned upstream builds), never from the system.
+#
+#   make build         build every binary of the workspace
+#   make cluster       build, then start the local cluster (idempotent)
+#   make cluster-down  stop it
+#   make test          fmt, clippy, unit tests, cluster selftest, then the integration tests against
+#                      the local cluster (started, and stopped again, if it was not running)
+#   make dev           cluster + the operator from the chart + the examples, then how to watch them
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+CLUSTER := deploy/local/cluster.sh
+LOCAL := $(CURDIR)/.local
+KUBECONFIG_LOCAL := $(LOCAL)/kubeconfig
+CHART := charts/activity-operator
+RELEASE := activity-operator
+NAMESPACE ?= activity-system
+
+.PHONY: build cluster cluster-down test dev
+
+build:
+	cargo build --workspace --bins
+
+# `build` has just built the process node, so `up` need not run cargo again.
+cluster: build
+	ACTIVITY_NODE_BUILD=0 $(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down
+
+test:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace --lib --bins
+	cargo build --workspace --bins
+	$(CLUSTER) selftest
+	@started=0; \
+	if ! $(CLUSTER) running; then started=1; fi; \
+	stop() { if [[ $$started == 1 ]]; then echo "make test: stopping the cluster this run started"; $(CLUSTER) down; fi; }; \
+	trap stop EXIT; \
+	ACTIVITY_NODE_BUILD=0 $(CLUSTER) up; \
+	echo "make test: integration tests (cargo test --workspace) against $(KUBECONFIG_LOCAL)"; \
+	cargo test --workspace
+
+dev: build
+	ACTIVITY_NODE_BUILD=0 $(CLUSTER) up
+	@bin=$$(cat $(LOCAL)/bin-dir); \
+	if [[ -f $(CHART)/Chart.yaml ]]; then \
+	  echo "dev: installing $(CHART) as release $(RELEASE) in namespace $(NAMESPACE)"; \
+	  "$$bin/helm" --kubeconfig $(KUBECONFIG_LOCAL) upgrade --install $(RELEASE) $(CHART) \
+	    --namespace $(NAMESPACE) --create-namespace --wait --timeout 3m; \
+	  if compgen -G 'deploy/examples/*.yaml' >/dev/null; then \
+	    "$$bin/kubectl" --kubeconfig $(KUBECONFIG_LOCAL) apply -f deploy/examples/; \
+	  else \
+	    echo "dev: note: no deploy/examples/*.yaml yet; nothing to apply"; \
+	  fi; \
+	else \
+	  echo "dev: note: $(CHART) does not exist yet; skipping the operator install and the examples"; \
+	fi; \
+	echo; \
+	echo "Watch the activities with:"; \
+	echo "  $$bin/kubectl --kubeconfig .local/kubeconfig get activities -A -w"; \
+	echo "or set up a shell with: eval \"\$$($(CLUSTER) env)\""

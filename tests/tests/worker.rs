@@ -1,0 +1,489 @@
+//! The worker side (`activity-worker`, worker-image/) against the local cluster.
+//!
+//! Most tests drive the protocol without the operator: they create an Activity, set
+//! `status.attempt`/`podName` as admin through the status subresource, and run the worker in a pod
+//! of their own (image `…/activity-worker`, which the process node maps to `target/debug/activity-worker`:
+//! run `cargo build -p activity-worker` first) under the `activity-worker` service account with
+//! the Role from `worker-image/rbac/worker-role.yaml`.
+//!
+//! The end-to-end tests of `deploy/examples/` run the examples with an operator of their own
+//! (`activity_tests::operator::Operator`, the workspace's `target/debug/activity-operator` scoped
+//! to the test's namespace): build it first (`cargo build --workspace --bins`).
+
+use std::time::Duration;
+
+use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
+use activity_tests::{TestNs, kubectl, local_dir, repo_root, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+const IMAGE: &str = "ghcr.io/heartbeat-dev/activity-worker:0.1.0";
+/// The status code of a failed JSON Patch `test` op (activity_worker::wire::TEST_FAILED_STATUS).
+const TEST_FAILED_STATUS: u16 = 422;
+/// The worker's exit code when it stopped because it was canceled (activity_worker::EXIT_CANCELED).
+const EXIT_CANCELED: i32 = 143;
+
+/// The CRD (applied once per run; applying it again is harmless) and the worker binary.
+async fn setup(prefix: &str) -> TestNs {
+    let exe = repo_root().join("target/debug/activity-worker");
+    assert!(
+        exe.exists(),
+        "{} does not exist: build it with `cargo build -p activity-worker` (the process node runs it for the \
+         activity-worker image)",
+        exe.display()
+    );
+    ensure_crd().unwrap();
+    let ns = TestNs::new(prefix).await.unwrap();
+    worker_rbac(&ns.name).unwrap();
+    ns
+}
+
+fn activities(ns: &TestNs) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("heartbeat.dev", "v1alpha1", "Activity");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "activities");
+    Api::namespaced_with(ns.client.clone(), &ns.name, &ar)
+}
+
+/// Creates an Activity with `spec` (a template is added) and sets `status.attempt`/`podName` as
+/// the operator would.
+async fn create_activity(ns: &TestNs, name: &str, mut spec: Value, attempt: i32) {
+    spec["template"] = json!({"spec": {"containers": [{"name": "worker", "image": IMAGE}]}});
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "heartbeat.dev/v1alpha1",
+        "kind": "Activity",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    activities(ns).create(&PostParams::default(), &obj).await.unwrap();
+    set_attempt(ns, name, attempt).await;
+}
+
+/// Sets `status.attempt` and `status.podName` as admin (what the operator does per attempt).
+async fn set_attempt(ns: &TestNs, name: &str, attempt: i32) {
+    let patch = json!({"status": {"attempt": attempt, "podName": format!("{name}-{attempt}")}});
+    activities(ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+async fn status(ns: &TestNs, name: &str) -> Value {
+    let obj = activities(ns).get(name).await.unwrap();
+    obj.data.get("status").cloned().unwrap_or(Value::Null)
+}
+
+/// Starts the worker pod `<activity>-<attempt>` with `args`, as the operator would.
+async fn start_worker(ns: &TestNs, activity: &str, attempt: i32, service_account: &str, args: &[&str]) -> String {
+    let pod_name = format!("{activity}-{attempt}");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": pod_name,
+            "labels": {"heartbeat.dev/activity": activity, "heartbeat.dev/attempt": attempt.to_string()},
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": service_account,
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{
+                "name": "worker",
+                "image": IMAGE,
+                "args": args,
+                "env": [
+                    {"name": "ACTIVITY_NAME", "value": activity},
+                    {"name": "ACTIVITY_NAMESPACE", "value": ns.name},
+                    {"name": "ACTIVITY_ATTEMPT", "value": attempt.to_string()},
+                ],
+            }],
+        },
+    }))
+    .unwrap();
+    ns.api::<Pod>().create(&PostParams::default(), &pod).await.unwrap();
+    pod_name
+}
+
+/// Waits for the pod's worker container to terminate; returns its exit code.
+async fn wait_exit(ns: &TestNs, pod: &str) -> i32 {
+    let pods = ns.api::<Pod>();
+    wait_for(TIMEOUT, &format!("pod {pod} to terminate"), || async {
+        let p = pods.get(pod).await?;
+        let terminated = p
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|cs| cs.into_iter().next())
+            .and_then(|c| c.state)
+            .and_then(|s| s.terminated);
+        Ok(terminated.map(|t| t.exit_code))
+    })
+    .await
+    .unwrap()
+}
+
+/// The worker container's log, as the process node writes it.
+fn pod_log(ns: &TestNs, pod: &str) -> String {
+    let path = local_dir().join("logs").join(format!("{}_{pod}_worker.log", ns.name));
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+async fn wait_log(ns: &TestNs, pod: &str, needle: &str) -> String {
+    wait_for(TIMEOUT, &format!("{needle:?} in the log of {pod}"), || async {
+        let log = pod_log(ns, pod);
+        Ok(log.contains(needle).then_some(log))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nlog of {pod}:\n{}", pod_log(ns, pod)))
+}
+
+/// Waits until `status` satisfies `pred`; returns it.
+async fn wait_status(ns: &TestNs, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let api = activities(ns);
+    wait_for(TIMEOUT, what, || async {
+        let obj = api.get(name).await?;
+        let status = obj.data.get("status").cloned().unwrap_or(Value::Null);
+        Ok(pred(&status).then_some(status))
+    })
+    .await
+    .unwrap()
+}
+
+fn is_rfc3339_micros_utc(s: &str) -> bool {
+    // 2026-11-21T20:40:00.123456Z
+    let b = s.as_bytes();
+    b.len() == 27
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'.'
+        && b[26] == b'Z'
+        && b[20..26].iter().all(u8::is_ascii_digit)
+}
+
+/// The experiment behind the worker's "superseded" rule: the API server refuses a JSON Patch
+/// whose `test` of `status.attempt` fails with 422 and no causes (a schema error names causes).
+#[tokio::test]
+async fn failed_test_op_is_422_without_causes() {
+    let ns = setup("worker-422").await;
+    create_activity(&ns, "probe", json!({"startToCloseTimeout": "1m"}), 2).await;
+    let patch = json_patch(json!([
+        {"op": "test", "path": "/status/attempt", "value": 1},
+        {"op": "add", "path": "/status/heartbeatDetails", "value": {"zombie": true}},
+    ]));
+    let params = PatchParams { field_manager: Some("activity-worker".into()), ..PatchParams::default() };
+    let err = activities(&ns).patch_status("probe", &params, &patch).await.unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, TEST_FAILED_STATUS, "{s:?}");
+            assert!(s.details.is_none_or(|d| d.causes.is_empty()), "a failed test names no causes");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(status(&ns, "probe").await.get("heartbeatDetails").is_none());
+    ns.delete().await.unwrap();
+}
+
+/// A JSON Patch (`application/json-patch+json`) from its JSON.
+fn json_patch(ops: Value) -> Patch<()> {
+    Patch::Json(serde_json::from_value(ops).expect("a JSON Patch"))
+}
+
+#[tokio::test]
+async fn heartbeats_land_with_details_then_the_outcome() {
+    let ns = setup("worker-hb").await;
+    let spec = json!({"startToCloseTimeout": "2m", "heartbeatTimeout": "2s", "input": {"n": 1}});
+    create_activity(&ns, "batch", spec, 1).await;
+    let pod = start_worker(
+        &ns,
+        "batch",
+        1,
+        "activity-worker",
+        &["demo", "batch", "--total", "12", "--item-duration", "400ms"],
+    )
+    .await;
+
+    // Heartbeats land while the worker runs (before any outcome).
+    let s = wait_status(&ns, "batch", "a heartbeat before the outcome", |s| {
+        s.get("heartbeatDetails").is_some() && s.get("outcome").is_none()
+    })
+    .await;
+    let details = &s["heartbeatDetails"];
+    assert!(details["lastItem"].is_u64(), "{details}");
+    assert!(details["progress"].as_str().is_some_and(|p| p.ends_with("/12")), "{details}");
+    let time = s["lastHeartbeatTime"].as_str().unwrap();
+    assert!(is_rfc3339_micros_utc(time), "lastHeartbeatTime {time}");
+
+    // The last details are flushed with the outcome.
+    let s = wait_status(&ns, "batch", "the outcome", |s| s.get("outcome").is_some()).await;
+    assert_eq!(s["outcome"], json!({"attempt": 1, "succeeded": true, "result": {"processed": 12}}));
+    assert_eq!(s["heartbeatDetails"], json!({"lastItem": 11, "progress": "12/12"}));
+    assert_eq!(wait_exit(&ns, &pod).await, 0);
+    let log = pod_log(&ns, &pod);
+    for i in 0..12 {
+        assert!(log.contains(&format!("processed item {i}\n")), "item {i} in:\n{log}");
+    }
+
+    // Every write is the worker's, through the status subresource.
+    let obj = activities(&ns).get("batch").await.unwrap();
+    let managers: Vec<_> = obj
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.manager.as_deref() == Some("activity-worker"))
+        .collect();
+    assert!(!managers.is_empty(), "field manager activity-worker");
+    assert!(managers.iter().all(|m| m.subresource.as_deref() == Some("status")));
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_resumes_from_the_previous_details() {
+    let ns = setup("worker-resume").await;
+    let spec = json!({"startToCloseTimeout": "2m", "heartbeatTimeout": "3s"});
+    create_activity(&ns, "batch", spec, 1).await;
+    let args = ["demo", "batch", "--total", "6", "--fail-after", "3", "--item-duration", "200ms"];
+    let pod = start_worker(&ns, "batch", 1, "activity-worker", &args).await;
+    let s = wait_status(&ns, "batch", "attempt 1's outcome", |s| s.get("outcome").is_some()).await;
+    assert_eq!(s["outcome"]["succeeded"], json!(false));
+    assert_eq!(s["outcome"]["failure"]["type"], json!("BatchInterrupted"));
+    assert_eq!(s["outcome"]["failure"]["nonRetryable"], json!(false));
+    assert_eq!(s["heartbeatDetails"], json!({"lastItem": 2, "progress": "3/6"}));
+    assert_eq!(wait_exit(&ns, &pod).await, 1);
+
+    set_attempt(&ns, "batch", 2).await;
+    let pod = start_worker(&ns, "batch", 2, "activity-worker", &args).await;
+    let s = wait_status(&ns, "batch", "attempt 2's outcome", |s| s["outcome"]["attempt"] == json!(2)).await;
+    assert_eq!(s["outcome"]["result"], json!({"processed": 6}));
+    let log = pod_log(&ns, &pod);
+    assert!(log.contains("resuming at item 3"), "{log}");
+    assert!(!log.contains("processed item 2\n") && log.contains("processed item 3\n"), "{log}");
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_zombie_is_refused_and_stops_as_canceled() {
+    let ns = setup("worker-zombie").await;
+    let spec = json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "2s"});
+    create_activity(&ns, "z", spec, 1).await;
+    let pod =
+        start_worker(&ns, "z", 1, "activity-worker", &["demo", "batch", "--total", "1000", "--item-duration", "200ms"])
+            .await;
+    wait_status(&ns, "z", "a heartbeat of attempt 1", |s| s.get("heartbeatDetails").is_some()).await;
+
+    // The operator moves on to attempt 2: attempt 1's next heartbeat is refused.
+    set_attempt(&ns, "z", 2).await;
+    assert_eq!(wait_exit(&ns, &pod).await, EXIT_CANCELED);
+    let log = pod_log(&ns, &pod);
+    assert!(log.contains("superseded"), "{log}");
+    let s = status(&ns, "z").await;
+    assert!(s.get("outcome").is_none(), "a zombie writes no outcome: {s}");
+    assert_eq!(s["attempt"], json!(2));
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_requested_stops_an_exec_child_with_sigterm() {
+    let ns = setup("worker-cancel").await;
+    let spec = json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "2s", "cancellationGracePeriod": "20s"});
+    create_activity(&ns, "c", spec, 1).await;
+    let script = r#"trap 'echo "child got SIGTERM-marker"; exit 0' TERM
+i=0
+while true; do i=$((i+1)); echo "::heartbeat {\"i\": $i}"; echo "tick $i"; sleep 0.2; done"#;
+    let pod = start_worker(&ns, "c", 1, "activity-worker", &["exec", "--", "sh", "-c", script]).await;
+    wait_status(&ns, "c", "a heartbeat", |s| s.get("heartbeatDetails").is_some()).await;
+    wait_log(&ns, &pod, "tick 2\n").await; // plain lines pass through
+
+    activities(&ns)
+        .patch("c", &PatchParams::default(), &Patch::Merge(json!({"spec": {"cancelRequested": true}})))
+        .await
+        .unwrap();
+    let s = wait_status(&ns, "c", "the canceled outcome", |s| s.get("outcome").is_some()).await;
+    assert_eq!(s["outcome"], json!({"attempt": 1, "succeeded": false, "canceled": true}));
+    assert_eq!(wait_exit(&ns, &pod).await, EXIT_CANCELED);
+    let log = wait_log(&ns, &pod, "child got SIGTERM-marker").await;
+    assert!(log.contains("spec.cancelRequested is true"), "{log}");
+    assert!(!log.contains("::heartbeat"), "commands are not passed through:\n{log}");
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn pod_deletion_sends_sigterm_through_to_the_exec_child() {
+    let ns = setup("worker-sigterm").await;
+    create_activity(&ns, "s", json!({"startToCloseTimeout": "5m"}), 1).await;
+    let script = r#"trap 'echo "child got SIGTERM-marker"; exit 0' TERM
+echo started; while true; do sleep 0.2; done"#;
+    let pod = start_worker(&ns, "s", 1, "activity-worker", &["exec", "--", "sh", "-c", script]).await;
+    wait_log(&ns, &pod, "started\n").await;
+    // What the operator does when a worker never heartbeats: delete its pod (SIGTERM to the worker).
+    ns.api::<Pod>().delete(&pod, &Default::default()).await.unwrap();
+    let s = wait_status(&ns, "s", "the canceled outcome", |s| s.get("outcome").is_some()).await;
+    assert_eq!(s["outcome"], json!({"attempt": 1, "succeeded": false, "canceled": true}));
+    let log = wait_log(&ns, &pod, "child got SIGTERM-marker").await;
+    assert!(log.contains("received SIGTERM"), "{log}");
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_exec_child_ignoring_sigterm_is_killed_when_the_grace_period_runs_out() {
+    let ns = setup("worker-sigkill").await;
+    let spec = json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "2s", "cancellationGracePeriod": "3s"});
+    create_activity(&ns, "k", spec, 1).await;
+    let script = r#"trap '' TERM
+while true; do echo '::heartbeat {"alive": true}'; sleep 0.2; done"#;
+    let pod = start_worker(&ns, "k", 1, "activity-worker", &["exec", "--", "sh", "-c", script]).await;
+    wait_status(&ns, "k", "a heartbeat", |s| s.get("heartbeatDetails").is_some()).await;
+    activities(&ns)
+        .patch("k", &PatchParams::default(), &Patch::Merge(json!({"spec": {"cancelRequested": true}})))
+        .await
+        .unwrap();
+    let s = wait_status(&ns, "k", "the canceled outcome", |s| s.get("outcome").is_some()).await;
+    assert_eq!(s["outcome"]["canceled"], json!(true));
+    assert_eq!(wait_exit(&ns, &pod).await, EXIT_CANCELED);
+    let log = pod_log(&ns, &pod);
+    assert!(log.contains("sending SIGKILL"), "{log}");
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn exec_reports_failures_results_and_resumes() {
+    let ns = setup("worker-exec").await;
+    let spec = json!({"startToCloseTimeout": "2m", "heartbeatTimeout": "5s", "input": {"word": "hi"}});
+    create_activity(&ns, "e", spec, 1).await;
+    let script = r#"echo "input=$ACTIVITY_INPUT attempt=$ACTIVITY_ATTEMPT details=${ACTIVITY_HEARTBEAT_DETAILS-unset}"
+if [ "$ACTIVITY_ATTEMPT" = 1 ]; then
+  echo '::heartbeat {"step": 1}'
+  echo '::heartbeat {oops'
+  echo '::heartbeat {"step": 2}'
+  echo "to stderr" >&2
+  exit 3
+fi
+echo '::result {"ok": true}'"#;
+    let pod = start_worker(&ns, "e", 1, "activity-worker", &["exec", "--", "sh", "-c", script]).await;
+    let s = wait_status(&ns, "e", "attempt 1's outcome", |s| s.get("outcome").is_some()).await;
+    assert_eq!(s["outcome"]["failure"]["type"], json!("ExitCode"));
+    assert!(s["outcome"]["failure"]["message"].as_str().unwrap().contains("code 3"), "{s}");
+    assert_eq!(s["heartbeatDetails"], json!({"step": 2}), "the latest details, flushed with the outcome");
+    assert_eq!(wait_exit(&ns, &pod).await, 3);
+    let log = pod_log(&ns, &pod);
+    assert!(log.contains(r#"input={"word":"hi"} attempt=1 details=unset"#), "{log}");
+    assert!(log.contains("malformed ::heartbeat"), "{log}");
+    assert!(log.contains("to stderr"), "{log}");
+
+    set_attempt(&ns, "e", 2).await;
+    let pod = start_worker(&ns, "e", 2, "activity-worker", &["exec", "--", "sh", "-c", script]).await;
+    let s = wait_status(&ns, "e", "attempt 2's outcome", |s| s["outcome"]["attempt"] == json!(2)).await;
+    assert_eq!(s["outcome"], json!({"attempt": 2, "succeeded": true, "result": {"ok": true}}));
+    assert_eq!(wait_exit(&ns, &pod).await, 0);
+    assert!(pod_log(&ns, &pod).contains(r#"attempt=2 details={"step":2}"#), "{}", pod_log(&ns, &pod));
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn missing_rbac_fails_with_a_clear_error() {
+    let ns = setup("worker-rbac").await;
+    create_activity(&ns, "r", json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "2s"}), 1).await;
+    // No permission at all: the first read is forbidden.
+    kubectl(&["create", "serviceaccount", "-n", &ns.name, "nobody"]).unwrap();
+    let pod = start_worker(&ns, "r", 1, "nobody", &["demo", "batch", "--total", "3", "--item-duration", "100ms"]).await;
+    assert_ne!(wait_exit(&ns, &pod).await, 0);
+    let log = pod_log(&ns, &pod);
+    assert!(log.contains("forbidden: cannot get activities"), "{log}");
+    assert!(log.contains("worker-role.yaml"), "{log}");
+
+    // Read but no patch: the first heartbeat is forbidden.
+    kubectl(&["create", "serviceaccount", "-n", &ns.name, "reader"]).unwrap();
+    kubectl(&["create", "role", "-n", &ns.name, "reader", "--verb=get", "--resource=activities.heartbeat.dev"])
+        .unwrap();
+    let sa = format!("{}:reader", ns.name);
+    kubectl(&["create", "rolebinding", "-n", &ns.name, "reader", "--role=reader", &format!("--serviceaccount={sa}")])
+        .unwrap();
+    set_attempt(&ns, "r", 2).await;
+    let pod =
+        start_worker(&ns, "r", 2, "reader", &["demo", "batch", "--total", "50", "--item-duration", "100ms"]).await;
+    assert_eq!(wait_exit(&ns, &pod).await, 1);
+    let log = pod_log(&ns, &pod);
+    assert!(log.contains("forbidden: cannot patch activities/status"), "{log}");
+    assert!(status(&ns, "r").await.get("outcome").is_none());
+    ns.delete().await.unwrap();
+}
+
+// ------------------------------------------------------------------------------------------------
+// End to end with the operator: the examples of deploy/examples reach their phases.
+
+/// Starts an operator for the namespace and applies the example; keep the operator until the end.
+async fn run_example(ns: &TestNs, file: &str) -> Operator {
+    let op = Operator::start(&ns.name).await.unwrap();
+    kubectl(&["apply", "-n", &ns.name, "-f", &format!("deploy/examples/{file}")]).unwrap();
+    op
+}
+
+async fn wait_phase(ns: &TestNs, name: &str, phase: &str, timeout: Duration) -> Value {
+    let api = activities(ns);
+    wait_for(timeout, &format!("{name} to reach {phase}"), || async {
+        let obj = api.get(name).await?;
+        let status = obj.data.get("status").cloned().unwrap_or(Value::Null);
+        Ok((status["phase"] == json!(phase)).then_some(status))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn example_batch_succeeds_on_the_fourth_attempt() {
+    let ns = setup("ex-batch").await;
+    let _op = run_example(&ns, "batch.yaml").await;
+    let s = wait_phase(&ns, "batch", "Succeeded", Duration::from_secs(120)).await;
+    assert_eq!(s["attempt"], json!(4));
+    assert_eq!(s["result"], json!({"processed": 10}));
+    assert_eq!(s["heartbeatDetails"]["progress"], json!("10/10"));
+    assert!(pod_log(&ns, "batch-2").contains("resuming at item 3"));
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn example_records_succeeds_with_the_final_offset() {
+    let ns = setup("ex-records").await;
+    let _op = run_example(&ns, "records.yaml").await;
+    let s = wait_phase(&ns, "records", "Succeeded", Duration::from_secs(120)).await;
+    assert_eq!(s["result"], json!(50));
+    assert_eq!(s["heartbeatDetails"], json!({"offset": 50, "progress": "50/50"}));
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn example_exec_shell_resumes_and_succeeds() {
+    let ns = setup("ex-exec").await;
+    let _op = run_example(&ns, "exec-shell.yaml").await;
+    let s = wait_phase(&ns, "exec-shell", "Succeeded", Duration::from_secs(120)).await;
+    assert_eq!(s["attempt"], json!(2));
+    assert_eq!(s["result"], json!({"steps": 8, "input": "hello"}));
+    assert!(pod_log(&ns, "exec-shell-2").contains("resuming after step 4"));
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn example_cancel_heartbeating_stops_through_the_heartbeat_reply() {
+    let ns = setup("ex-cancel-hb").await;
+    let _op = run_example(&ns, "cancel-heartbeating.yaml").await;
+    wait_phase(&ns, "cancel-heartbeating", "Running", Duration::from_secs(60)).await;
+    wait_status(&ns, "cancel-heartbeating", "a heartbeat", |s| s.get("heartbeatDetails").is_some()).await;
+    activities(&ns)
+        .patch(
+            "cancel-heartbeating",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cancelRequested": true}})),
+        )
+        .await
+        .unwrap();
+    // Well within the 30 s grace period: the worker stopped by itself.
+    let s = wait_phase(&ns, "cancel-heartbeating", "Canceled", Duration::from_secs(20)).await;
+    assert_eq!(s["outcome"]["canceled"], json!(true));
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn example_cancel_silent_is_stopped_by_deleting_its_pod() {
+    let ns = setup("ex-cancel-silent").await;
+    let _op = run_example(&ns, "cancel-silent.yaml").await;
+    wait_phase(&ns, "cancel-silent", "Running", Duration::from_secs(60)).await;
+    kubectl(&["delete", "-n", &ns.name, "activity", "cancel-silent", "--timeout=60s"]).unwrap();
+    assert!(activities(&ns).get_opt("cancel-silent").await.unwrap().is_none());
+    ns.delete().await.unwrap();
+}

@@ -1,0 +1,747 @@
+//! [`ActivityContext`]: what a worker needs to run one attempt of an Activity: its input, the
+//! previous attempts' heartbeat details, throttled heartbeats, cancellation, and the outcome.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use activity_crds::{
+    Activity, ENV_ATTEMPT, ENV_NAME, ENV_NAMESPACE, Outcome, WORKER_MANAGER, WorkerFailure, format_duration,
+    parse_duration,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Config};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::error::{Error, Result};
+use crate::throttle::{AfterFailure, Due, Throttle, backoff};
+use crate::wire::{self, ApiFailure};
+
+/// Default `spec.cancellationGracePeriod`.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Longest wait for one API request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the worker keeps trying to read its Activity at start.
+pub const STARTUP_BUDGET: Duration = Duration::from_secs(30);
+/// How long the worker keeps trying to deliver its outcome (or a final flush).
+pub const REPORT_BUDGET: Duration = Duration::from_secs(60);
+
+/// Why the worker was told to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The Activity is being deleted (`metadata.deletionTimestamp` is set).
+    Deleted,
+    /// `spec.cancelRequested: true`.
+    CancelRequested,
+    /// `status.attempt` is no longer this worker's attempt: the operator has moved on; this
+    /// worker's writes are refused.
+    Superseded,
+    /// The Activity no longer exists.
+    Gone,
+    /// The process received a signal (SIGTERM when its pod is deleted).
+    Signal(&'static str),
+    /// Heartbeats could not be delivered for longer than the heartbeat timeout. Fatal.
+    HeartbeatUndeliverable(String),
+    /// The service account may not patch `activities/status`. Fatal.
+    Forbidden(String),
+}
+
+impl CancelReason {
+    /// Fatal reasons stop the worker with a non-zero exit and no outcome.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, CancelReason::HeartbeatUndeliverable(_) | CancelReason::Forbidden(_))
+    }
+
+    /// Whether the worker may still write its outcome.
+    pub fn can_report(&self) -> bool {
+        matches!(self, CancelReason::Deleted | CancelReason::CancelRequested | CancelReason::Signal(_))
+    }
+}
+
+impl std::fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CancelReason::Deleted => f.write_str("the Activity is being deleted"),
+            CancelReason::CancelRequested => f.write_str("spec.cancelRequested is true"),
+            CancelReason::Superseded => f.write_str("the attempt is superseded (status.attempt changed)"),
+            CancelReason::Gone => f.write_str("the Activity no longer exists"),
+            CancelReason::Signal(s) => write!(f, "received {s}"),
+            CancelReason::HeartbeatUndeliverable(m) => write!(f, "heartbeats undeliverable: {m}"),
+            CancelReason::Forbidden(m) => write!(f, "forbidden: {m}"),
+        }
+    }
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// Success, with an optional result (at most `MAX_PAYLOAD_BYTES` serialized).
+    Completed(Option<Value>),
+    /// Failure; `nonRetryable` asks the operator not to retry.
+    Failed(WorkerFailure),
+    /// The worker stopped because it was canceled.
+    Canceled,
+}
+
+impl Report {
+    /// The outcome written to `status.outcome`.
+    pub fn to_outcome(&self, attempt: i32) -> Outcome {
+        match self {
+            Report::Completed(result) => Outcome {
+                attempt,
+                succeeded: true,
+                result: result.clone().filter(|v| !v.is_null()),
+                failure: None,
+                canceled: false,
+            },
+            Report::Failed(f) => {
+                Outcome { attempt, succeeded: false, result: None, failure: Some(f.clone()), canceled: false }
+            }
+            Report::Canceled => Outcome { attempt, succeeded: false, result: None, failure: None, canceled: true },
+        }
+    }
+}
+
+/// The cancellation an Activity as read from the API server asks for, if any.
+pub fn cancel_in(activity: &Activity, attempt: i32) -> Option<CancelReason> {
+    if activity.metadata.deletion_timestamp.is_some() {
+        return Some(CancelReason::Deleted);
+    }
+    if activity.spec.cancel_requested {
+        return Some(CancelReason::CancelRequested);
+    }
+    match activity.status.as_ref().and_then(|s| s.attempt) {
+        Some(current) if current != attempt => Some(CancelReason::Superseded),
+        _ => None,
+    }
+}
+
+/// What is left of the cancellation grace period at `now`, when the cancel was requested at
+/// `requested` (the operator's `status.cancelRequestedTime`).
+pub fn grace_remaining(grace: Duration, requested: Timestamp, now: Timestamp) -> Duration {
+    let elapsed = now.duration_since(requested);
+    let elapsed = Duration::try_from(elapsed).unwrap_or(Duration::ZERO);
+    grace.saturating_sub(elapsed)
+}
+
+/// One attempt of one Activity, seen from its worker. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct ActivityContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    api: Api<Activity>,
+    name: String,
+    namespace: String,
+    attempt: i32,
+    input: Option<Value>,
+    previous_details: Option<Value>,
+    heartbeat_timeout: Option<Duration>,
+    grace_period: Duration,
+    throttle: Mutex<Throttle>,
+    /// Wakes the heartbeat task when details are recorded.
+    wake: Notify,
+    /// Serializes the PATCHes: the heartbeat task's and the final flush/outcome.
+    send_lock: tokio::sync::Mutex<()>,
+    cancel: CancellationToken,
+    reason: Mutex<Option<CancelReason>>,
+    /// When the cancel was noticed, and the operator's `status.cancelRequestedTime`.
+    cancel_noticed: Mutex<Option<(Instant, Option<Timestamp>)>>,
+    /// Stops the heartbeat task.
+    stop: CancellationToken,
+    reported: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn env(name: &'static str) -> Result<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Ok(v),
+        _ => Err(Error::MissingEnv { name }),
+    }
+}
+
+impl ActivityContext {
+    /// The context of the attempt this process runs: reads `ACTIVITY_NAME`, `ACTIVITY_NAMESPACE`
+    /// and `ACTIVITY_ATTEMPT`, connects like `kube::Client::try_default()` (`KUBECONFIG`, else the
+    /// in-cluster service account), reads the Activity once, starts the background heartbeat
+    /// sender and cancels the context on SIGTERM or SIGINT.
+    pub async fn from_env() -> Result<Self> {
+        let name = env(ENV_NAME)?;
+        let namespace = env(ENV_NAMESPACE)?;
+        let raw_attempt = env(ENV_ATTEMPT)?;
+        let attempt = raw_attempt.parse::<i32>().ok().filter(|a| *a >= 1).ok_or_else(|| Error::InvalidEnv {
+            name: ENV_ATTEMPT,
+            value: raw_attempt.clone(),
+            reason: "expected an attempt number ≥ 1".into(),
+        })?;
+        let mut config = Config::infer().await.map_err(|e| Error::ClientConfig(e.to_string()))?;
+        // The worker retries by itself, bounded by the heartbeat timeout; kube's built-in retry
+        // layer could hold a single request for many minutes.
+        config.default_retry = false;
+        let client = Client::try_from(config).map_err(|e| Error::ClientConfig(e.to_string()))?;
+        let ctx = Self::connect(client, &namespace, &name, attempt).await?;
+        ctx.watch_signals();
+        Ok(ctx)
+    }
+
+    /// The context of attempt `attempt` of Activity `namespace/name`, with the given client.
+    /// Unlike [`ActivityContext::from_env`] it does not listen for signals.
+    pub async fn connect(client: Client, namespace: &str, name: &str, attempt: i32) -> Result<Self> {
+        let api: Api<Activity> = Api::namespaced(client, namespace);
+        let activity = get_with_retries(&api, namespace, name).await?;
+        let spec = &activity.spec;
+        let heartbeat_timeout = parse_opt("spec.heartbeatTimeout", spec.heartbeat_timeout.as_deref())?;
+        let grace_period = parse_opt("spec.cancellationGracePeriod", spec.cancellation_grace_period.as_deref())?
+            .unwrap_or(DEFAULT_GRACE_PERIOD);
+        let previous_details =
+            activity.status.as_ref().and_then(|s| s.heartbeat_details.clone()).filter(|v| !v.is_null());
+        let throttle = Throttle::for_heartbeat_timeout(heartbeat_timeout);
+        info!(
+            activity = %format!("{namespace}/{name}"),
+            attempt,
+            heartbeat_timeout = %heartbeat_timeout.map(format_duration).unwrap_or_else(|| "none".into()),
+            heartbeat_interval = %format_duration(throttle.interval()),
+            resume_from = %previous_details.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
+            "starting attempt"
+        );
+        let ctx = Self {
+            inner: Arc::new(Inner {
+                api,
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+                attempt,
+                input: spec.input.clone(),
+                previous_details,
+                heartbeat_timeout: heartbeat_timeout.filter(|t| !t.is_zero()),
+                grace_period,
+                throttle: Mutex::new(throttle),
+                wake: Notify::new(),
+                send_lock: tokio::sync::Mutex::new(()),
+                cancel: CancellationToken::new(),
+                reason: Mutex::new(None),
+                cancel_noticed: Mutex::new(None),
+                stop: CancellationToken::new(),
+                reported: AtomicBool::new(false),
+            }),
+        };
+        ctx.inspect(&activity);
+        tokio::spawn(heartbeat_loop(ctx.clone()));
+        Ok(ctx)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// This worker's attempt number (from 1).
+    pub fn attempt(&self) -> i32 {
+        self.inner.attempt
+    }
+
+    /// `spec.heartbeatTimeout`, when set and not zero.
+    pub fn heartbeat_timeout(&self) -> Option<Duration> {
+        self.inner.heartbeat_timeout
+    }
+
+    /// At most one heartbeat is sent per this interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        lock(&self.inner.throttle).interval()
+    }
+
+    /// `spec.cancellationGracePeriod` (default 30 s).
+    pub fn cancellation_grace_period(&self) -> Duration {
+        self.inner.grace_period
+    }
+
+    /// `spec.input` as JSON (`None` when unset).
+    pub fn raw_input(&self) -> Option<&Value> {
+        self.inner.input.as_ref()
+    }
+
+    /// `spec.input` decoded as `T` (an unset input decodes from `null`).
+    pub fn input<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.inner.input.clone().unwrap_or(Value::Null))
+            .map_err(|source| Error::Deserialize { what: "spec.input", source })
+    }
+
+    /// The last heartbeat details of the previous attempts, as JSON (`None` when there are none).
+    pub fn raw_heartbeat_details(&self) -> Option<&Value> {
+        self.inner.previous_details.as_ref()
+    }
+
+    /// The last heartbeat details of the previous attempts decoded as `T`, to resume from
+    /// (`None` when there are none).
+    pub fn heartbeat_details<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.inner
+            .previous_details
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|source| Error::Deserialize { what: "status.heartbeatDetails", source })
+    }
+
+    /// Records a heartbeat with `details`. Never blocks: the details are sent by a background
+    /// task at most once per [`ActivityContext::heartbeat_interval`] (the latest win), and always
+    /// flushed before the outcome. Fails only for details that cannot be serialized or exceed
+    /// `MAX_PAYLOAD_BYTES`.
+    pub fn heartbeat<T: Serialize + ?Sized>(&self, details: &T) -> Result<()> {
+        let value = wire::to_payload("heartbeat details", details)?;
+        lock(&self.inner.throttle).record(value);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether the worker was told to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Completes when the worker is told to stop: a heartbeat reply says the Activity is deleted
+    /// or `cancelRequested`, a heartbeat was refused because the attempt is superseded, the
+    /// process got SIGTERM/SIGINT, or heartbeats could not be delivered.
+    pub async fn cancelled(&self) {
+        self.inner.cancel.cancelled().await
+    }
+
+    /// A token that is cancelled together with this context.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.inner.cancel.child_token()
+    }
+
+    /// Why the worker was told to stop, once it was.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        lock(&self.inner.reason).clone()
+    }
+
+    /// What is left of the cancellation grace period: counted from the operator's
+    /// `status.cancelRequestedTime` when a heartbeat reply carried it, else from when this worker
+    /// noticed the cancel. The full grace period before any cancel.
+    pub fn grace_remaining(&self) -> Duration {
+        let grace = self.inner.grace_period;
+        match *lock(&self.inner.cancel_noticed) {
+            None => grace,
+            Some((_, Some(requested))) => grace_remaining(grace, requested, Timestamp::now()),
+            Some((noticed, None)) => grace.saturating_sub(noticed.elapsed()),
+        }
+    }
+
+    /// Cancels the context (as a signal would).
+    pub fn cancel(&self, reason: CancelReason) {
+        {
+            let mut current = lock(&self.inner.reason);
+            if current.is_none() {
+                if reason.is_fatal() {
+                    error!("stopping: {reason}");
+                } else {
+                    info!("canceled: {reason}");
+                }
+                *current = Some(reason);
+            }
+        }
+        lock(&self.inner.cancel_noticed).get_or_insert((Instant::now(), None));
+        self.inner.cancel.cancel();
+    }
+
+    /// Reports success with `result` (omitted when it serializes to `null`).
+    pub async fn complete<T: Serialize + ?Sized>(&self, result: &T) -> Result<()> {
+        let value = wire::to_payload("result", result)?;
+        self.report(Report::Completed(Some(value))).await
+    }
+
+    /// Reports a failure of type `type_`; `non_retryable` asks the operator not to retry.
+    pub async fn fail(&self, type_: impl Into<String>, message: impl Into<String>, non_retryable: bool) -> Result<()> {
+        let failure = WorkerFailure { type_: type_.into(), message: message.into(), non_retryable };
+        self.report(Report::Failed(failure)).await
+    }
+
+    /// Reports that the worker stopped because it was canceled.
+    pub async fn report_canceled(&self) -> Result<()> {
+        self.report(Report::Canceled).await
+    }
+
+    /// Flushes the pending heartbeat details (if any), then writes the attempt's outcome, in one
+    /// PATCH. Retries 409/429/5xx for up to [`REPORT_BUDGET`]. Only one outcome per attempt.
+    pub async fn report(&self, report: Report) -> Result<()> {
+        if let Report::Completed(Some(result)) = &report {
+            wire::check_size("result", result.to_string().len())?;
+        }
+        if self.inner.reported.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyReported { attempt: self.inner.attempt });
+        }
+        self.inner.stop.cancel();
+        let _send = self.inner.send_lock.lock().await;
+        self.refuse_when_cannot_write()?;
+        let flushed = lock(&self.inner.throttle).take_pending();
+        let outcome = report.to_outcome(self.inner.attempt);
+        let attempt = self.inner.attempt;
+        self.send_with_retries("report the outcome of", || {
+            wire::outcome_patch(attempt, Timestamp::now(), flushed.as_ref(), &outcome)
+        })
+        .await?;
+        match &report {
+            Report::Completed(_) => info!(attempt, "reported outcome: succeeded"),
+            Report::Failed(f) => {
+                info!(attempt, r#type = %f.type_, non_retryable = f.non_retryable, "reported outcome: failed: {}", f.message)
+            }
+            Report::Canceled => info!(attempt, "reported outcome: canceled"),
+        }
+        Ok(())
+    }
+
+    /// Sends the pending heartbeat details now, regardless of the interval (for a worker that
+    /// stops without reporting an outcome). [`ActivityContext::report`] flushes by itself.
+    pub async fn flush(&self) -> Result<()> {
+        let _send = self.inner.send_lock.lock().await;
+        self.refuse_when_cannot_write()?;
+        let Some(details) = lock(&self.inner.throttle).take_pending() else { return Ok(()) };
+        let attempt = self.inner.attempt;
+        let sent_at = Instant::now();
+        self.send_with_retries("flush the heartbeat of", || {
+            Ok(wire::heartbeat_patch(attempt, Timestamp::now(), &details))
+        })
+        .await?;
+        lock(&self.inner.throttle).delivered(sent_at);
+        Ok(())
+    }
+
+    /// Fails when the cancel reason forbids further writes.
+    fn refuse_when_cannot_write(&self) -> Result<()> {
+        let reason = self.cancel_reason();
+        let i = &self.inner;
+        match reason {
+            Some(CancelReason::Superseded) => Err(Error::Superseded {
+                attempt: i.attempt,
+                namespace: i.namespace.clone(),
+                name: i.name.clone(),
+                message: "the operator has moved on to another attempt".into(),
+            }),
+            Some(CancelReason::Gone) => Err(Error::NotFound {
+                namespace: i.namespace.clone(),
+                name: i.name.clone(),
+                message: "it was deleted".into(),
+            }),
+            Some(CancelReason::Forbidden(message)) => Err(self.forbidden("patch", "activities/status", message)),
+            Some(CancelReason::HeartbeatUndeliverable(message)) => Err(Error::HeartbeatUndeliverable {
+                namespace: i.namespace.clone(),
+                name: i.name.clone(),
+                undelivered_for: i.heartbeat_timeout.unwrap_or_default(),
+                timeout: i.heartbeat_timeout.unwrap_or_default(),
+                message,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn forbidden(&self, verb: &'static str, resource: &'static str, message: String) -> Error {
+        Error::Forbidden {
+            verb,
+            resource,
+            namespace: self.inner.namespace.clone(),
+            name: self.inner.name.clone(),
+            message,
+        }
+    }
+
+    /// One PATCH of `activities/status` with the worker's field manager, bounded by [`REQUEST_TIMEOUT`].
+    async fn patch_once(&self, patch: Value) -> std::result::Result<Activity, ApiFailure> {
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).map_err(|e| ApiFailure::Fatal(format!("invalid JSON Patch: {e}")))?;
+        let params = PatchParams { field_manager: Some(WORKER_MANAGER.to_string()), ..PatchParams::default() };
+        let timeout =
+            self.inner.heartbeat_timeout.map_or(REQUEST_TIMEOUT, |t| t.clamp(Duration::from_secs(1), REQUEST_TIMEOUT));
+        let patch = Patch::Json::<()>(patch);
+        let call = self.inner.api.patch_status(&self.inner.name, &params, &patch);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(activity)) => Ok(activity),
+            Ok(Err(e)) => Err(wire::classify(&e)),
+            Err(_) => {
+                Err(ApiFailure::Retryable { retry_after: None, message: format!("no answer within {timeout:?}") })
+            }
+        }
+    }
+
+    /// Sends the patch built by `build` until it is accepted, refused for good, or
+    /// [`REPORT_BUDGET`] has passed.
+    async fn send_with_retries(&self, action: &'static str, build: impl Fn() -> Result<Value>) -> Result<Activity> {
+        let start = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            let failure = match self.patch_once(build()?).await {
+                Ok(activity) => {
+                    self.inspect(&activity);
+                    return Ok(activity);
+                }
+                Err(f) => f,
+            };
+            let i = &self.inner;
+            let (namespace, name) = (i.namespace.clone(), i.name.clone());
+            match failure {
+                ApiFailure::Superseded(message) => {
+                    self.cancel(CancelReason::Superseded);
+                    return Err(Error::Superseded { attempt: i.attempt, namespace, name, message });
+                }
+                ApiFailure::Forbidden(message) => {
+                    let err = self.forbidden("patch", "activities/status", message.clone());
+                    self.cancel(CancelReason::Forbidden(message));
+                    return Err(err);
+                }
+                ApiFailure::NotFound(message) => {
+                    self.cancel(CancelReason::Gone);
+                    return Err(Error::NotFound { namespace, name, message });
+                }
+                ApiFailure::Fatal(message) => return Err(Error::Api { action, namespace, name, message }),
+                ApiFailure::Retryable { retry_after, message } => {
+                    failures += 1;
+                    let elapsed = start.elapsed();
+                    if elapsed >= REPORT_BUDGET {
+                        return Err(Error::Unavailable { action, namespace, name, elapsed, message });
+                    }
+                    let wait = retry_after.unwrap_or_else(|| backoff(failures)).min(REPORT_BUDGET - elapsed);
+                    warn!("cannot {action} the Activity yet (retrying in {wait:?}): {message}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Acts on an Activity read from the API server (a heartbeat reply or the first read).
+    fn inspect(&self, activity: &Activity) {
+        if let Some(reason) = cancel_in(activity, self.inner.attempt) {
+            let requested = activity.status.as_ref().and_then(|s| s.cancel_requested_time.as_ref()).map(|t| t.0);
+            {
+                let mut noticed = lock(&self.inner.cancel_noticed);
+                match noticed.as_mut() {
+                    None => *noticed = Some((Instant::now(), requested)),
+                    Some((_, r)) if r.is_none() => *r = requested,
+                    Some(_) => {}
+                }
+            }
+            self.cancel(reason);
+        }
+    }
+
+    /// Watches SIGTERM (sent when the pod is deleted) and SIGINT; either cancels the context.
+    fn watch_signals(&self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (term, int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("cannot watch SIGTERM/SIGINT: {e}");
+                return;
+            }
+        };
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            let (mut term, mut int) = (term, int);
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            ctx.cancel(CancelReason::Signal(name));
+        });
+    }
+}
+
+fn parse_opt(field: &'static str, value: Option<&str>) -> Result<Option<Duration>> {
+    value
+        .map(|v| {
+            parse_duration(v).map_err(|e| Error::InvalidSpec { field, value: v.to_string(), reason: e.to_string() })
+        })
+        .transpose()
+}
+
+/// Reads the Activity, retrying transient errors for up to [`STARTUP_BUDGET`].
+async fn get_with_retries(api: &Api<Activity>, namespace: &str, name: &str) -> Result<Activity> {
+    let start = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let failure = match tokio::time::timeout(REQUEST_TIMEOUT, api.get(name)).await {
+            Ok(Ok(activity)) => return Ok(activity),
+            Ok(Err(e)) => wire::classify(&e),
+            Err(_) => {
+                ApiFailure::Retryable { retry_after: None, message: format!("no answer within {REQUEST_TIMEOUT:?}") }
+            }
+        };
+        let (namespace, name) = (namespace.to_string(), name.to_string());
+        match failure {
+            ApiFailure::Forbidden(message) => {
+                return Err(Error::Forbidden { verb: "get", resource: "activities", namespace, name, message });
+            }
+            ApiFailure::NotFound(message) => return Err(Error::NotFound { namespace, name, message }),
+            ApiFailure::Superseded(message) | ApiFailure::Fatal(message) => {
+                return Err(Error::Api { action: "read", namespace, name, message });
+            }
+            ApiFailure::Retryable { retry_after, message } => {
+                failures += 1;
+                let elapsed = start.elapsed();
+                if elapsed >= STARTUP_BUDGET {
+                    return Err(Error::Unavailable { action: "read", namespace, name, elapsed, message });
+                }
+                let wait = retry_after.unwrap_or_else(|| backoff(failures)).min(STARTUP_BUDGET - elapsed);
+                warn!("cannot read the Activity yet (retrying in {wait:?}): {message}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// The background sender: sends the pending details when the throttle says they are due,
+/// retries failed sends, cancels the context on a cancel in the reply, a refused patch, or
+/// heartbeats undeliverable for longer than the heartbeat timeout.
+async fn heartbeat_loop(ctx: ActivityContext) {
+    let inner = &ctx.inner;
+    loop {
+        let due = lock(&inner.throttle).due();
+        let sleep = async {
+            match due {
+                Due::Idle => std::future::pending::<()>().await,
+                Due::Now => {}
+                Due::At(at) => tokio::time::sleep_until(at.into()).await,
+            }
+        };
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = inner.wake.notified() => continue,
+            _ = sleep => {}
+        }
+        let _send = tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            guard = inner.send_lock.lock() => guard,
+        };
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        let sent_at = Instant::now();
+        let Some(details) = lock(&inner.throttle).take_due(sent_at) else { continue };
+        let patch = wire::heartbeat_patch(inner.attempt, Timestamp::now(), &details);
+        match ctx.patch_once(patch).await {
+            Ok(activity) => {
+                lock(&inner.throttle).delivered(sent_at);
+                debug!(details = %details, "heartbeat delivered");
+                ctx.inspect(&activity);
+            }
+            Err(ApiFailure::Superseded(message)) => {
+                warn!(attempt = inner.attempt, "heartbeat refused: status.attempt is no longer ours ({message})");
+                ctx.cancel(CancelReason::Superseded);
+                return;
+            }
+            Err(ApiFailure::NotFound(message)) => {
+                warn!("heartbeat refused: the Activity is gone ({message})");
+                ctx.cancel(CancelReason::Gone);
+                return;
+            }
+            Err(ApiFailure::Forbidden(message)) => {
+                error!("{}", ctx.forbidden("patch", "activities/status", message.clone()));
+                ctx.cancel(CancelReason::Forbidden(message));
+                return;
+            }
+            Err(ApiFailure::Fatal(message)) => {
+                // Not retried (the same patch would be refused again); the next details may pass.
+                error!(details = %details, "heartbeat refused by the API server, dropped: {message}");
+            }
+            Err(ApiFailure::Retryable { retry_after, message }) => {
+                let now = Instant::now();
+                let after = lock(&inner.throttle).failed(details, sent_at, now, retry_after);
+                match after {
+                    AfterFailure::RetryAt(at) => {
+                        warn!(
+                            "heartbeat not delivered (retrying in {:?}): {message}",
+                            at.saturating_duration_since(now)
+                        );
+                    }
+                    AfterFailure::GiveUp { undelivered_for } => {
+                        let err = Error::HeartbeatUndeliverable {
+                            namespace: inner.namespace.clone(),
+                            name: inner.name.clone(),
+                            undelivered_for,
+                            timeout: inner.heartbeat_timeout.unwrap_or_default(),
+                            message: message.clone(),
+                        };
+                        error!("{err}");
+                        ctx.cancel(CancelReason::HeartbeatUndeliverable(format!(
+                            "not delivered for {undelivered_for:?}: {message}"
+                        )));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use activity_crds::{ActivitySpec, ActivityStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    fn activity(attempt: Option<i32>) -> Activity {
+        let spec: ActivitySpec = serde_json::from_value(json!({
+            "template": {"spec": {"containers": [{"name": "w", "image": "x"}]}},
+            "startToCloseTimeout": "1m"
+        }))
+        .unwrap();
+        let mut a = Activity::new("a", spec);
+        a.status = Some(ActivityStatus { attempt, ..Default::default() });
+        a
+    }
+
+    #[test]
+    fn reply_tells_about_cancellation() {
+        assert_eq!(cancel_in(&activity(Some(2)), 2), None);
+        assert_eq!(cancel_in(&activity(None), 2), None);
+        assert_eq!(cancel_in(&activity(Some(3)), 2), Some(CancelReason::Superseded));
+        let mut a = activity(Some(2));
+        a.spec.cancel_requested = true;
+        assert_eq!(cancel_in(&a, 2), Some(CancelReason::CancelRequested));
+        a.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert_eq!(cancel_in(&a, 2), Some(CancelReason::Deleted));
+    }
+
+    #[test]
+    fn grace_counts_from_the_operators_cancel_time() {
+        let t0: Timestamp = "2026-11-21T20:40:00Z".parse().unwrap();
+        let g = Duration::from_secs(30);
+        assert_eq!(grace_remaining(g, t0, t0), g);
+        let t10 = t0 + Duration::from_secs(10);
+        assert_eq!(grace_remaining(g, t0, t10), Duration::from_secs(20));
+        assert_eq!(grace_remaining(g, t0, t0 + Duration::from_secs(99)), Duration::ZERO);
+        // A cancel time in the future (clock skew) leaves the whole grace period.
+        assert_eq!(grace_remaining(g, t10, t0), g);
+    }
+
+    #[test]
+    fn reports_become_outcomes() {
+        assert_eq!(
+            Report::Completed(Some(json!(null))).to_outcome(1),
+            Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false }
+        );
+        assert!(Report::Canceled.to_outcome(4).canceled);
+        let f = WorkerFailure { type_: "X".into(), message: "m".into(), non_retryable: true };
+        assert_eq!(Report::Failed(f.clone()).to_outcome(2).failure, Some(f));
+    }
+
+    #[test]
+    fn fatal_reasons() {
+        assert!(CancelReason::Forbidden("x".into()).is_fatal());
+        assert!(CancelReason::HeartbeatUndeliverable("x".into()).is_fatal());
+        assert!(!CancelReason::Deleted.is_fatal());
+        assert!(CancelReason::Signal("SIGTERM").can_report());
+        assert!(!CancelReason::Superseded.can_report());
+    }
+}
