@@ -434,6 +434,55 @@ async fn example_batch_succeeds_on_the_fourth_attempt() {
     assert_eq!(s["result"], json!({"processed": 10}));
     assert_eq!(s["heartbeatDetails"]["progress"], json!("10/10"));
     assert!(pod_log(&ns, "batch-2").contains("resuming at item 3"));
+    // Across the four attempts every item was processed exactly once.
+    let items = processed_items(&ns, "batch", 1..=4);
+    assert_eq!(items, (0..10).collect::<Vec<_>>(), "items processed across attempts");
+    ns.delete().await.unwrap();
+}
+
+/// Every `processed item N` line of the pods of attempts `attempts`, sorted.
+fn processed_items(ns: &TestNs, activity: &str, attempts: impl IntoIterator<Item = i32>) -> Vec<u64> {
+    let mut items: Vec<u64> = attempts
+        .into_iter()
+        .flat_map(|n| {
+            pod_log(ns, &format!("{activity}-{n}"))
+                .lines()
+                .filter_map(|l| l.split("processed item ").nth(1)?.trim().parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    items.sort_unstable();
+    items
+}
+
+#[tokio::test]
+async fn a_sigkilled_worker_resumes_from_its_last_heartbeat_without_repeating_or_skipping() {
+    let ns = setup("ex-sigkill").await;
+    let _op = Operator::start(&ns.name).await.unwrap();
+    let manifest = json!({
+        "apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity", "metadata": {"name": "kill"},
+        "spec": {"startToCloseTimeout": "2m", "heartbeatTimeout": "3s",
+                 "retryPolicy": {"initialInterval": "1s"},
+                 "template": {"spec": {"containers": [{"name": "worker", "image": IMAGE,
+                     "args": ["demo", "batch", "--total", "8", "--fail-after", "0", "--item-duration", "1s"]}]}}}
+    });
+    activities(&ns).create(&PostParams::default(), &serde_json::from_value(manifest).unwrap()).await.unwrap();
+    wait_status(&ns, "kill", "three items heartbeated", |s| s["heartbeatDetails"]["lastItem"].as_u64() >= Some(2)).await;
+    // SIGKILL: grace period 0 sends no SIGTERM, so the worker cannot flush or report anything.
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    pods.delete("kill-1", &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    let at_kill = status(&ns, "kill").await;
+    let last = at_kill["heartbeatDetails"]["lastItem"].as_u64().unwrap();
+    let s = wait_phase(&ns, "kill", "Succeeded", Duration::from_secs(120)).await;
+    let attempts = s["attempt"].as_i64().unwrap() as i32;
+    assert!(attempts >= 2, "{s}");
+    assert!(pod_log(&ns, "kill-2").contains(&format!("resuming at item {}", last + 1)));
+    // Nothing heartbeated is done again; nothing is skipped. (Items the dead worker finished
+    // after its last delivered heartbeat are redone: at-least-once, as in Temporal.)
+    let first = processed_items(&ns, "kill", [1]);
+    let retries = processed_items(&ns, "kill", 2..=attempts);
+    assert_eq!(retries, (last + 1..8).collect::<Vec<_>>(), "the retries resume right after the last heartbeat");
+    assert_eq!(first.iter().filter(|i| **i <= last).copied().collect::<Vec<_>>(), (0..=last).collect::<Vec<_>>());
     ns.delete().await.unwrap();
 }
 
