@@ -14,7 +14,8 @@ SHELL := bash
 .DEFAULT_GOAL := build
 
 CLUSTER := deploy/local/cluster.sh
-LOCAL := $(CURDIR)/.local
+# ACTIVITY_LOCAL_DIR (as for cluster.sh) runs `cluster`/`dev` on a cluster of another state directory.
+LOCAL := $(or $(ACTIVITY_LOCAL_DIR),$(CURDIR)/.local)
 KUBECONFIG_LOCAL := $(LOCAL)/kubeconfig
 CHART := charts/activity-operator
 RELEASE := activity-operator
@@ -63,5 +64,5 @@ dev: build
 	fi; \
 	echo; \
 	echo "Watch the activities with:"; \
-	echo "  $$bin/kubectl --kubeconfig .local/kubeconfig get activities -A -w"; \
+	echo "  $$bin/kubectl --kubeconfig $(KUBECONFIG_LOCAL) get activities -A -w"; \
 	echo "or set up a shell with: eval \"\$$($(CLUSTER) env)\""

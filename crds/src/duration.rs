@@ -18,10 +18,7 @@ pub struct DurationError {
 
 /// Parses a Go-style duration. Accepts exactly what [`DURATION_PATTERN`] accepts.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
-    let err = |reason| DurationError {
-        input: input.to_string(),
-        reason,
-    };
+    let err = |reason| DurationError { input: input.to_string(), reason };
     if input == "0" {
         return Ok(Duration::ZERO);
     }
@@ -31,13 +28,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let mut total: u128 = 0; // nanoseconds
     let mut rest = input;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| err("missing unit"))?;
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(|| err("missing unit"))?;
         let (num, tail) = rest.split_at(num_len);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         let unit_ns: u128 = match unit {
             "ns" => 1,
@@ -58,25 +51,19 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             return Err(err("malformed number"));
         }
         let int: u128 = int_part.parse().map_err(|_| err("number too large"))?;
-        let mut value = int
-            .checked_mul(unit_ns)
-            .ok_or_else(|| err("number too large"))?;
+        let mut value = int.checked_mul(unit_ns).ok_or_else(|| err("number too large"))?;
         // Fractions: keep at most 9 digits, enough for nanosecond precision of every unit.
         let mut scale = unit_ns;
         for digit in frac_part.chars().take(9) {
             scale /= 10;
             value += u128::from(digit.to_digit(10).unwrap_or(0)) * scale;
         }
-        total = total
-            .checked_add(value)
-            .ok_or_else(|| err("number too large"))?;
+        total = total.checked_add(value).ok_or_else(|| err("number too large"))?;
         rest = next;
     }
     // Go's limit: about 290 years.
-    let nanos = u64::try_from(total)
-        .ok()
-        .filter(|n| *n <= i64::MAX as u64)
-        .ok_or_else(|| err("longer than 290 years"))?;
+    let nanos =
+        u64::try_from(total).ok().filter(|n| *n <= i64::MAX as u64).ok_or_else(|| err("longer than 290 years"))?;
     Ok(Duration::from_nanos(nanos))
 }
 
@@ -136,30 +123,13 @@ mod tests {
             ("7ns", 7),
         ];
         for (input, nanos) in cases {
-            assert_eq!(
-                parse_duration(input),
-                Ok(Duration::from_nanos(nanos)),
-                "{input}"
-            );
+            assert_eq!(parse_duration(input), Ok(Duration::from_nanos(nanos)), "{input}");
         }
     }
 
     #[test]
     fn refuses_malformed_durations() {
-        for input in [
-            "",
-            "5",
-            "s",
-            "-5s",
-            "5 s",
-            "5sec",
-            "1.s",
-            ".5s",
-            "1..5s",
-            "5d",
-            "1.2.3s",
-            "99999999999h",
-        ] {
+        for input in ["", "5", "s", "-5s", "5 s", "5sec", "1.s", ".5s", "1..5s", "5d", "1.2.3s", "99999999999h"] {
             let e = parse_duration(input).expect_err(input);
             assert_eq!(e.input, input);
             assert!(e.to_string().contains("invalid duration"), "{e}");

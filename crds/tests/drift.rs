@@ -6,10 +6,7 @@ use std::path::Path;
 fn committed_crd_matches_the_types() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let generated = activity_crds::crd_yaml().expect("serialize CRD");
-    for copy in [
-        "crds/activity.yaml",
-        "charts/activity-operator/crds/activity.yaml",
-    ] {
+    for copy in ["crds/activity.yaml", "charts/activity-operator/crds/activity.yaml"] {
         let path = root.join(copy);
         // The chart's copy is checked once the chart exists.
         if copy.starts_with("charts/") && !root.join("charts/activity-operator").exists() {

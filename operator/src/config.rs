@@ -39,10 +39,7 @@ pub enum SpecError {
         source: DurationError,
     },
     #[error("spec.{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
 }
 
 const DEFAULT_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
@@ -50,16 +47,11 @@ const DEFAULT_BACKOFF: f64 = 2.0;
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 fn duration(field: &'static str, value: Option<&String>) -> Result<Option<Duration>, SpecError> {
-    value
-        .map(|v| parse_duration(v).map_err(|source| SpecError::Duration { field, source }))
-        .transpose()
+    value.map(|v| parse_duration(v).map_err(|source| SpecError::Duration { field, source })).transpose()
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
-    SpecError::Invalid {
-        field,
-        message: message.into(),
-    }
+    SpecError::Invalid { field, message: message.into() }
 }
 
 impl Settings {
@@ -67,37 +59,24 @@ impl Settings {
     /// this is the same check for objects that got past it (e.g. stored under an older schema).
     pub fn from_spec(spec: &ActivitySpec) -> Result<Self, SpecError> {
         let start_to_close = duration("startToCloseTimeout", spec.start_to_close_timeout.as_ref())?;
-        let schedule_to_close = duration(
-            "scheduleToCloseTimeout",
-            spec.schedule_to_close_timeout.as_ref(),
-        )?
-        .filter(|d| !d.is_zero());
+        let schedule_to_close =
+            duration("scheduleToCloseTimeout", spec.schedule_to_close_timeout.as_ref())?.filter(|d| !d.is_zero());
         let start_to_close = start_to_close.filter(|d| !d.is_zero()).or(schedule_to_close).ok_or_else(|| {
             invalid(
                 "startToCloseTimeout",
                 "at least one of spec.startToCloseTimeout and spec.scheduleToCloseTimeout is required",
             )
         })?;
-        let heartbeat =
-            duration("heartbeatTimeout", spec.heartbeat_timeout.as_ref())?.filter(|d| !d.is_zero());
+        let heartbeat = duration("heartbeatTimeout", spec.heartbeat_timeout.as_ref())?.filter(|d| !d.is_zero());
         if let Some(hb) = heartbeat
             && hb > start_to_close
         {
-            return Err(invalid(
-                "heartbeatTimeout",
-                "must be at most startToCloseTimeout",
-            ));
+            return Err(invalid("heartbeatTimeout", "must be at most startToCloseTimeout"));
         }
-        let schedule_to_start = duration(
-            "scheduleToStartTimeout",
-            spec.schedule_to_start_timeout.as_ref(),
-        )?
-        .filter(|d| !d.is_zero());
-        let cancellation_grace = duration(
-            "cancellationGracePeriod",
-            spec.cancellation_grace_period.as_ref(),
-        )?
-        .unwrap_or(DEFAULT_GRACE);
+        let schedule_to_start =
+            duration("scheduleToStartTimeout", spec.schedule_to_start_timeout.as_ref())?.filter(|d| !d.is_zero());
+        let cancellation_grace =
+            duration("cancellationGracePeriod", spec.cancellation_grace_period.as_ref())?.unwrap_or(DEFAULT_GRACE);
         let ttl_after_finished = match spec.ttl_seconds_after_finished {
             Some(s) if s < 0 => {
                 return Err(invalid("ttlSecondsAfterFinished", "must not be negative"));
@@ -106,41 +85,23 @@ impl Settings {
             None => None,
         };
         let policy = spec.retry_policy.clone().unwrap_or_default();
-        let initial_interval = duration(
-            "retryPolicy.initialInterval",
-            policy.initial_interval.as_ref(),
-        )?
-        .unwrap_or(DEFAULT_INITIAL_INTERVAL);
+        let initial_interval = duration("retryPolicy.initialInterval", policy.initial_interval.as_ref())?
+            .unwrap_or(DEFAULT_INITIAL_INTERVAL);
         if initial_interval.is_zero() {
-            return Err(invalid(
-                "retryPolicy.initialInterval",
-                "must be greater than 0",
-            ));
+            return Err(invalid("retryPolicy.initialInterval", "must be greater than 0"));
         }
         let backoff_coefficient = policy.backoff_coefficient.unwrap_or(DEFAULT_BACKOFF);
         if !backoff_coefficient.is_finite() || backoff_coefficient < 1.0 {
-            return Err(invalid(
-                "retryPolicy.backoffCoefficient",
-                "must be at least 1",
-            ));
+            return Err(invalid("retryPolicy.backoffCoefficient", "must be at least 1"));
         }
-        let maximum_interval = duration(
-            "retryPolicy.maximumInterval",
-            policy.maximum_interval.as_ref(),
-        )?
-        .unwrap_or_else(|| initial_interval.saturating_mul(100));
+        let maximum_interval = duration("retryPolicy.maximumInterval", policy.maximum_interval.as_ref())?
+            .unwrap_or_else(|| initial_interval.saturating_mul(100));
         if maximum_interval < initial_interval {
-            return Err(invalid(
-                "retryPolicy.maximumInterval",
-                "must be at least retryPolicy.initialInterval",
-            ));
+            return Err(invalid("retryPolicy.maximumInterval", "must be at least retryPolicy.initialInterval"));
         }
         let maximum_attempts = policy.maximum_attempts.unwrap_or(0);
         if maximum_attempts < 0 {
-            return Err(invalid(
-                "retryPolicy.maximumAttempts",
-                "must not be negative",
-            ));
+            return Err(invalid("retryPolicy.maximumAttempts", "must not be negative"));
         }
         Ok(Settings {
             start_to_close,
@@ -181,9 +142,7 @@ impl Retry {
 
     /// Whether the worker's error type is listed as non-retryable.
     pub fn is_non_retryable_type(&self, error_type: &str) -> bool {
-        self.non_retryable_error_types
-            .iter()
-            .any(|t| t == error_type)
+        self.non_retryable_error_types.iter().any(|t| t == error_type)
     }
 }
 
@@ -202,8 +161,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_design() {
-        let s =
-            Settings::from_spec(&spec(serde_json::json!({"startToCloseTimeout": "2m"}))).unwrap();
+        let s = Settings::from_spec(&spec(serde_json::json!({"startToCloseTimeout": "2m"}))).unwrap();
         assert_eq!(s.start_to_close, Duration::from_secs(120));
         assert_eq!(s.heartbeat, None);
         assert_eq!(s.schedule_to_start, None);
@@ -217,18 +175,15 @@ mod tests {
 
     #[test]
     fn start_to_close_defaults_to_schedule_to_close() {
-        let s = Settings::from_spec(&spec(serde_json::json!({"scheduleToCloseTimeout": "1h"})))
-            .unwrap();
+        let s = Settings::from_spec(&spec(serde_json::json!({"scheduleToCloseTimeout": "1h"}))).unwrap();
         assert_eq!(s.start_to_close, Duration::from_secs(3600));
         assert_eq!(s.schedule_to_close, Some(Duration::from_secs(3600)));
     }
 
     #[test]
     fn zero_heartbeat_timeout_disables_it() {
-        let s = Settings::from_spec(&spec(
-            serde_json::json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "0s"}),
-        ))
-        .unwrap();
+        let s = Settings::from_spec(&spec(serde_json::json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "0s"})))
+            .unwrap();
         assert_eq!(s.heartbeat, None);
     }
 
@@ -236,14 +191,8 @@ mod tests {
     fn invalid_specs_name_the_field() {
         let cases = [
             (serde_json::json!({}), "spec.startToCloseTimeout"),
-            (
-                serde_json::json!({"startToCloseTimeout": "2 minutes"}),
-                "spec.startToCloseTimeout",
-            ),
-            (
-                serde_json::json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "2m"}),
-                "spec.heartbeatTimeout",
-            ),
+            (serde_json::json!({"startToCloseTimeout": "2 minutes"}), "spec.startToCloseTimeout"),
+            (serde_json::json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "2m"}), "spec.heartbeatTimeout"),
             (
                 serde_json::json!({"startToCloseTimeout": "1m", "retryPolicy": {"backoffCoefficient": 0.5}}),
                 "spec.retryPolicy.backoffCoefficient",

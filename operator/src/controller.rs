@@ -113,22 +113,14 @@ impl Context {
         let first = (current - ATTEMPT_HISTORY as i32).max(1);
         let name = act.name_any();
         (first..=current)
-            .filter_map(|n| {
-                self.pods
-                    .get(&ObjectRef::new(&pod_name(&name, n)).within(&ns))
-            })
+            .filter_map(|n| self.pods.get(&ObjectRef::new(&pod_name(&name, n)).within(&ns)))
             .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
             .map(|p| PodView::from_pod(&p))
             .collect()
     }
 
     fn observe_heartbeat(&self, key: &ObjectRef<Activity>, act: &Activity, now: Timestamp) {
-        let Some(beat) = act
-            .status
-            .as_ref()
-            .and_then(|s| s.last_heartbeat_time.as_ref())
-            .map(|t| t.0)
-        else {
+        let Some(beat) = act.status.as_ref().and_then(|s| s.last_heartbeat_time.as_ref()).map(|t| t.0) else {
             return;
         };
         let mut seen = lock(&self.heartbeats);
@@ -144,11 +136,7 @@ impl Context {
     fn cache_is_behind(&self, key: &ObjectRef<Activity>, act: &Activity) -> bool {
         let mut stale = lock(&self.stale);
         match stale.get(key) {
-            Some((rv, until))
-                if Instant::now() < *until && act.resource_version().as_ref() == Some(rv) =>
-            {
-                true
-            }
+            Some((rv, until)) if Instant::now() < *until && act.resource_version().as_ref() == Some(rv) => true,
             Some(_) => {
                 stale.remove(key);
                 false
@@ -199,12 +187,7 @@ pub fn error_policy(act: Arc<Activity>, error: &Error, ctx: Arc<Context>) -> Req
         *n = n.saturating_add(1);
         *n
     };
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::metrics::KindLabel {
-            kind: error.kind().into(),
-        })
-        .inc();
+    ctx.metrics.reconcile_errors.get_or_create(&crate::metrics::KindLabel { kind: error.kind().into() }).inc();
     let base = 0.2 * 2f64.powi(failures.min(16) as i32 - 1);
     let jitter = 0.5 + rand::random::<f64>();
     let delay = Duration::from_secs_f64((base * jitter).min(120.0));
@@ -212,12 +195,7 @@ pub fn error_policy(act: Arc<Activity>, error: &Error, ctx: Arc<Context>) -> Req
     Requeue::requeue(delay)
 }
 
-async fn execute(
-    act: &Activity,
-    plan: Plan,
-    ctx: &Context,
-    key: &ObjectRef<Activity>,
-) -> Result<Requeue, Error> {
+async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Activity>) -> Result<Requeue, Error> {
     let ns = act.namespace().unwrap_or_default();
     let name = act.name_any();
     let acts: Api<Activity> = Api::namespaced(ctx.client.clone(), &ns);
@@ -240,27 +218,16 @@ async fn execute(
     for action in &plan.actions {
         match action {
             Action::CreatePod { attempt } => {
-                let pod = pods::build_pod(act, *attempt, &ctx.settings.worker_service_account)
-                    .map_err(Error::BuildPod)?;
+                let pod =
+                    pods::build_pod(act, *attempt, &ctx.settings.worker_service_account).map_err(Error::BuildPod)?;
                 match pods
-                    .create(
-                        &PostParams {
-                            field_manager: Some(OPERATOR_MANAGER.into()),
-                            ..Default::default()
-                        },
-                        &pod,
-                    )
+                    .create(&PostParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() }, &pod)
                     .await
                 {
                     Ok(_) => ctx.metrics.write("pod_create"),
                     Err(e) if api_code(&e) == Some(409) => debug!("pod already exists"),
                     Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
-                        let rejected = planner::pod_rejected(
-                            act,
-                            &plan.status,
-                            &status.message,
-                            Timestamp::now(),
-                        );
+                        let rejected = planner::pod_rejected(act, &plan.status, &status.message, Timestamp::now());
                         write_status(&acts, &name, &rejected.status).await?;
                         ctx.metrics.write("status");
                         publish(ctx, act, &rejected.events).await;
@@ -302,10 +269,7 @@ async fn execute(
     if plan.has(&Action::DeleteActivity) {
         let uid = act.uid();
         let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid,
-                resource_version: None,
-            }),
+            preconditions: Some(Preconditions { uid, resource_version: None }),
             ..DeleteParams::background()
         };
         match acts.delete(&name, &params).await {
@@ -323,11 +287,7 @@ async fn execute(
 }
 
 /// Server-side apply of the operator's part of the status.
-async fn write_status(
-    acts: &Api<Activity>,
-    name: &str,
-    status: &ActivityStatus,
-) -> Result<(), Error> {
+async fn write_status(acts: &Api<Activity>, name: &str, status: &ActivityStatus) -> Result<(), Error> {
     let mut value = serde_json::to_value(status).map_err(Error::Serialize)?;
     if let Some(fields) = value.as_object_mut() {
         for field in WORKER_FIELDS {
@@ -335,13 +295,9 @@ async fn write_status(
         }
     }
     let patch = json!({ "apiVersion": Activity::api_version(&()), "kind": Activity::kind(&()), "status": value });
-    acts.patch_status(
-        name,
-        &PatchParams::apply(OPERATOR_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_err("write status"))?;
+    acts.patch_status(name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("write status"))?;
     Ok(())
 }
 
@@ -350,13 +306,8 @@ async fn add_finalizer(acts: &Api<Activity>, act: &Activity) -> Result<(), Error
     let mut finalizers = act.finalizers().to_vec();
     finalizers.push(FINALIZER.into());
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": act.resource_version() } });
-    let params = PatchParams {
-        field_manager: Some(OPERATOR_MANAGER.into()),
-        ..Default::default()
-    };
-    acts.patch(&act.name_any(), &params, &Patch::Merge(&patch))
-        .await
-        .map_err(kube_err("add finalizer"))?;
+    let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+    acts.patch(&act.name_any(), &params, &Patch::Merge(&patch)).await.map_err(kube_err("add finalizer"))?;
     Ok(())
 }
 
@@ -375,10 +326,7 @@ async fn remove_finalizer(acts: &Api<Activity>, name: &str) -> Result<(), Error>
         { "op": "remove", "path": path },
     ]))
     .map_err(Error::Serialize)?;
-    let params = PatchParams {
-        field_manager: Some(OPERATOR_MANAGER.into()),
-        ..Default::default()
-    };
+    let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
     match acts.patch(name, &params, &Patch::<()>::Json(patch)).await {
         Ok(_) => Ok(()),
         Err(e) if api_code(&e) == Some(404) => Ok(()),
@@ -396,11 +344,7 @@ async fn publish(ctx: &Context, act: &Activity, events: &[Event]) {
             info!(reason = event.reason, "{}", event.message);
         }
         let ev = KubeEvent {
-            type_: if event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+            type_: if event.warning { EventType::Warning } else { EventType::Normal },
             reason: event.reason.into(),
             note: Some(event.message.chars().take(1000).collect()),
             action: "Reconcile".into(),
@@ -426,10 +370,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (acts, pods): (Api<Activity>, Api<Pod>) = match &settings.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (act_store, act_writer) = reflector::store();
@@ -439,16 +380,11 @@ pub async fn run(
         .reflect(act_writer)
         .applied_objects();
     let (pod_store, pod_writer) = reflector::store();
-    let pod_stream = watcher(
-        pods,
-        watcher::Config::default()
-            .labels(activity_crds::LABEL_ACTIVITY)
-            .any_semantic(),
-    )
-    .default_backoff()
-    .modify(strip_managed_fields)
-    .reflect(pod_writer)
-    .touched_objects();
+    let pod_stream = watcher(pods, watcher::Config::default().labels(activity_crds::LABEL_ACTIVITY).any_semantic())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(pod_writer)
+        .touched_objects();
     let config = ControllerConfig::default().concurrency(settings.concurrency);
     let ctx = Arc::new(Context {
         client,

@@ -36,11 +36,7 @@ struct Args {
     #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
     /// Service account of worker pods whose template names none.
-    #[arg(
-        long,
-        env = "WORKER_SERVICE_ACCOUNT",
-        default_value = "activity-worker"
-    )]
+    #[arg(long, env = "WORKER_SERVICE_ACCOUNT", default_value = "activity-worker")]
     worker_service_account: String,
     /// Elect a leader through a Lease so that several replicas are safe.
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
@@ -48,11 +44,7 @@ struct Args {
     /// Namespace of the leader Lease (default: this pod's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     leader_election_namespace: String,
-    #[arg(
-        long,
-        env = "LEADER_ELECTION_LEASE",
-        default_value = "activity-operator"
-    )]
+    #[arg(long, env = "LEADER_ELECTION_LEASE", default_value = "activity-operator")]
     leader_election_lease: String,
     /// Seconds a leader's lease lasts without renewal.
     #[arg(long, default_value_t = 15)]
@@ -98,13 +90,8 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args);
-    let client = Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
-    let version = client
-        .apiserver_version()
-        .await
-        .context("asking the API server for its version")?;
+    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let version = client.apiserver_version().await.context("asking the API server for its version")?;
     info!(server = %version.git_version, "connected to the API server");
 
     let stop = CancellationToken::new();
@@ -118,22 +105,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let health = Health {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    };
+    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
     let http = {
         let stop = stop.clone();
-        tokio::spawn(server::serve(
-            args.metrics_bind_address,
-            health,
-            async move { stop.cancelled().await },
-        ))
+        tokio::spawn(server::serve(args.metrics_bind_address, health, async move { stop.cancelled().await }))
     };
 
     let identity = args.identity.clone().unwrap_or_else(|| {
-        std::env::var("HOSTNAME")
-            .unwrap_or_else(|_| format!("activity-operator-{}", std::process::id()))
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("activity-operator-{}", std::process::id()))
     });
     let mut leadership = None;
     if args.leader_elect {
@@ -177,46 +156,27 @@ async fn main() -> anyhow::Result<()> {
     }
     ready.store(true, Ordering::Relaxed);
 
-    let run_stop = leadership
-        .as_ref()
-        .map(|(_, _, lost)| lost.clone())
-        .unwrap_or_else(|| stop.clone());
-    let reporter = Reporter {
-        controller: "activity-operator".into(),
-        instance: Some(identity.clone()),
-    };
+    let run_stop = leadership.as_ref().map(|(_, _, lost)| lost.clone()).unwrap_or_else(|| stop.clone());
+    let reporter = Reporter { controller: "activity-operator".into(), instance: Some(identity.clone()) };
     let recorder = Recorder::new(client.clone(), reporter);
-    let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.namespaces.iter().cloned().map(Some).collect()
-    };
-    info!(
-        ?namespaces,
-        concurrency = args.concurrency,
-        "starting the controller"
-    );
-    let controllers = namespaces.into_iter().map(|namespace| {
-        let settings = Settings {
-            namespace,
-            concurrency: args.concurrency,
-            worker_service_account: args.worker_service_account.clone(),
-        };
-        let token = run_stop.clone();
-        controller::run(
-            client.clone(),
-            settings,
-            metrics.clone(),
-            recorder.clone(),
-            async move { token.cancelled().await },
-        )
-    });
+    let namespaces: Vec<Option<String>> =
+        if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
+    info!(?namespaces, concurrency = args.concurrency, "starting the controller");
+    let controllers =
+        namespaces.into_iter().map(|namespace| {
+            let settings = Settings {
+                namespace,
+                concurrency: args.concurrency,
+                worker_service_account: args.worker_service_account.clone(),
+            };
+            let token = run_stop.clone();
+            controller::run(client.clone(), settings, metrics.clone(), recorder.clone(), async move {
+                token.cancelled().await
+            })
+        });
     futures::future::join_all(controllers).await;
 
-    let lost_leadership = leadership
-        .as_ref()
-        .is_some_and(|(_, _, lost)| lost.is_cancelled())
-        && !stop.is_cancelled();
+    let lost_leadership = leadership.as_ref().is_some_and(|(_, _, lost)| lost.is_cancelled()) && !stop.is_cancelled();
     if let Some((is_leader, task, _)) = leadership {
         drop(is_leader); // closing the channel releases the lease
         match task.await {

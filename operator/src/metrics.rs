@@ -45,32 +45,12 @@ impl Default for Metrics {
         let api_writes = Family::<KindLabel, Counter>::default();
         let heartbeat_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register("attempts", "Attempts started", attempts.clone());
-        registry.register(
-            "outcomes",
-            "Activities finished, by terminal phase",
-            outcomes.clone(),
-        );
-        registry.register(
-            "timeouts",
-            "Deadlines that lapsed, by timeout type",
-            timeouts.clone(),
-        );
+        registry.register("outcomes", "Activities finished, by terminal phase", outcomes.clone());
+        registry.register("timeouts", "Deadlines that lapsed, by timeout type", timeouts.clone());
         registry.register("retries", "Retries scheduled", retries.clone());
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time of one reconcile",
-            reconcile_duration.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Failed reconciles, by error kind",
-            reconcile_errors.clone(),
-        );
-        registry.register(
-            "api_writes",
-            "Writes to the Kubernetes API, by kind",
-            api_writes.clone(),
-        );
+        registry.register("reconcile_duration_seconds", "Time of one reconcile", reconcile_duration.clone());
+        registry.register("reconcile_errors", "Failed reconciles, by error kind", reconcile_errors.clone());
+        registry.register("api_writes", "Writes to the Kubernetes API, by kind", api_writes.clone());
         registry.register(
             "heartbeat_lag_seconds",
             "From a heartbeat's timestamp to the operator observing it",
@@ -92,9 +72,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn write(&self, kind: &str) {
-        self.api_writes
-            .get_or_create(&KindLabel { kind: kind.into() })
-            .inc();
+        self.api_writes.get_or_create(&KindLabel { kind: kind.into() }).inc();
     }
 
     /// Counts what an event reason says happened.

@@ -10,8 +10,7 @@
 use std::time::Duration;
 
 use activity_crds::{
-    ATTEMPT_HISTORY, Activity, ActivityStatus, AttemptRecord, FINALIZER, Failure, Phase,
-    TimeoutType, format_duration,
+    ATTEMPT_HISTORY, Activity, ActivityStatus, AttemptRecord, FINALIZER, Failure, Phase, TimeoutType, format_duration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -80,12 +79,7 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
     let has_finalizer = activity.finalizers().iter().any(|f| f == FINALIZER);
     if deleting && !has_finalizer {
         // Not held by us: nothing to clean up, the object is going away.
-        return Plan {
-            status: current,
-            actions: vec![],
-            events: vec![],
-            requeue_after: None,
-        };
+        return Plan { status: current, actions: vec![], events: vec![], requeue_after: None };
     }
     let settings = Settings::from_spec(&activity.spec);
     if !p.phase().is_some_and(Phase::is_terminal) {
@@ -96,11 +90,7 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
             Ok(s) => p.advance(s, deleting),
             Err(e) => {
                 let failure = p.failure("InvalidSpec", e.to_string(), true);
-                p.events.push(Event {
-                    warning: true,
-                    reason: "InvalidSpec",
-                    message: e.to_string(),
-                });
+                p.events.push(Event { warning: true, reason: "InvalidSpec", message: e.to_string() });
                 p.finish(Phase::Failed, Some(failure), None);
             }
         }
@@ -128,22 +118,12 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
         // A timer never fires early, but one millisecond more keeps `now >= deadline` true on wake.
         wait + Duration::from_millis(1)
     });
-    Plan {
-        status: p.status,
-        actions: p.actions,
-        events: p.events,
-        requeue_after,
-    }
+    Plan { status: p.status, actions: p.actions, events: p.events, requeue_after }
 }
 
 /// The API server refused the attempt's pod (e.g. an invalid template): the activity fails at
 /// once, not retried, with the API server's message (retrying the same template cannot help).
-pub fn pod_rejected(
-    activity: &Activity,
-    planned: &ActivityStatus,
-    api_message: &str,
-    now: Timestamp,
-) -> Plan {
+pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, api_message: &str, now: Timestamp) -> Plan {
     let mut p = Planner {
         activity,
         pods: &[],
@@ -156,30 +136,14 @@ pub fn pod_rejected(
     };
     let message = format!("the API server refused the worker pod: {api_message}");
     let failure = p.failure("PodCreationFailed", message.clone(), true);
-    p.events.push(Event {
-        warning: true,
-        reason: "PodCreationFailed",
-        message,
-    });
+    p.events.push(Event { warning: true, reason: "PodCreationFailed", message });
     p.record_attempt_if_live("Failed", Some(&failure));
     p.finish(Phase::Failed, Some(failure), None);
-    let previous = activity
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    let previous = activity.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     p.status.conditions = conditions(&previous, &p.status, None, now);
-    let actions = if activity.finalizers().iter().any(|f| f == FINALIZER) {
-        vec![Action::RemoveFinalizer]
-    } else {
-        vec![]
-    };
-    Plan {
-        status: p.status,
-        actions,
-        events: p.events,
-        requeue_after: None,
-    }
+    let actions =
+        if activity.finalizers().iter().any(|f| f == FINALIZER) { vec![Action::RemoveFinalizer] } else { vec![] };
+    Plan { status: p.status, actions, events: p.events, requeue_after: None }
 }
 
 struct Planner<'a> {
@@ -195,10 +159,7 @@ struct Planner<'a> {
 }
 
 fn add(t: Timestamp, d: Duration) -> Timestamp {
-    SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| t.checked_add(d).ok())
-        .unwrap_or(Timestamp::MAX)
+    SignedDuration::try_from(d).ok().and_then(|d| t.checked_add(d).ok()).unwrap_or(Timestamp::MAX)
 }
 
 /// A status timestamp: rounded *up* to the microsecond the API stores, so a deadline computed
@@ -206,10 +167,7 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
 fn time(t: Timestamp) -> MicroTime {
     let nanos = t.subsec_nanosecond();
     let up = (1_000 - nanos.rem_euclid(1_000)) % 1_000;
-    MicroTime(
-        t.checked_add(SignedDuration::from_nanos(i64::from(up)))
-            .unwrap_or(t),
-    )
+    MicroTime(t.checked_add(SignedDuration::from_nanos(i64::from(up))).unwrap_or(t))
 }
 
 impl Planner<'_> {
@@ -245,9 +203,7 @@ impl Planner<'_> {
 
     /// Moves a live activity forward.
     fn advance(&mut self, s: &Settings, deleting: bool) {
-        let cancel = deleting
-            || self.activity.spec.cancel_requested
-            || self.phase() == Some(Phase::Canceling);
+        let cancel = deleting || self.activity.spec.cancel_requested || self.phase() == Some(Phase::Canceling);
         if cancel {
             return self.cancel(s);
         }
@@ -256,10 +212,7 @@ impl Planner<'_> {
             if self.now >= deadline {
                 let failure = self.timeout_failure(
                     TimeoutType::ScheduleToClose,
-                    format!(
-                        "the activity did not finish within scheduleToCloseTimeout {}",
-                        format_duration(limit)
-                    ),
+                    format!("the activity did not finish within scheduleToCloseTimeout {}", format_duration(limit)),
                 );
                 self.record_attempt_if_live("TimedOut", Some(&failure));
                 return self.finish(Phase::TimedOut, Some(failure), None);
@@ -268,24 +221,17 @@ impl Planner<'_> {
         }
         match self.phase() {
             None => self.start_attempt(s, 1),
-            Some(Phase::BackingOff) => {
-                match self.status.next_attempt_schedule_time.as_ref().map(|t| t.0) {
-                    Some(next) if self.now < next => self.deadlines.push(next),
-                    _ => self.start_attempt(s, self.attempt() + 1),
-                }
-            }
+            Some(Phase::BackingOff) => match self.status.next_attempt_schedule_time.as_ref().map(|t| t.0) {
+                Some(next) if self.now < next => self.deadlines.push(next),
+                _ => self.start_attempt(s, self.attempt() + 1),
+            },
             Some(_) if self.status.attempt.is_none() => self.start_attempt(s, 1),
             Some(_) => self.check_attempt(s),
         }
     }
 
     fn created(&self) -> Timestamp {
-        self.activity
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(self.now)
+        self.activity.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(self.now)
     }
 
     fn start_attempt(&mut self, s: &Settings, attempt: i32) {
@@ -332,11 +278,8 @@ impl Planner<'_> {
         }
         let Some(pod) = self.current_pod().cloned() else {
             if self.status.started_time.is_some() {
-                let failure = self.failure(
-                    "PodDeleted",
-                    "the worker pod disappeared while it was running".into(),
-                    false,
-                );
+                let failure =
+                    self.failure("PodDeleted", "the worker pod disappeared while it was running".into(), false);
                 return self.fail_attempt(s, failure);
             }
             // Not seen yet (or deleted before it started): (re)create it under the same name.
@@ -356,9 +299,7 @@ impl Planner<'_> {
                     self.status.phase = Some(Phase::Running);
                     // The API's startedAt has whole seconds; the true start lies within the second
                     // after it, and not after now: never count the start earlier than it was.
-                    let started = started_at
-                        .map(|t| add(t, Duration::from_secs(1)).min(self.now))
-                        .unwrap_or(self.now);
+                    let started = started_at.map(|t| add(t, Duration::from_secs(1)).min(self.now)).unwrap_or(self.now);
                     self.status.started_time = Some(time(started));
                 }
                 self.arm_running_deadlines(s);
@@ -379,18 +320,12 @@ impl Planner<'_> {
     }
 
     fn arm_schedule_to_start(&mut self, s: &Settings) {
-        let (Some(limit), Some(scheduled)) =
-            (s.schedule_to_start, self.status.scheduled_time.as_ref())
-        else {
+        let (Some(limit), Some(scheduled)) = (s.schedule_to_start, self.status.scheduled_time.as_ref()) else {
             return;
         };
         let deadline = add(scheduled.0, limit);
         if self.now >= deadline {
-            let why = self
-                .waiting
-                .clone()
-                .map(|w| format!(" ({w})"))
-                .unwrap_or_default();
+            let why = self.waiting.clone().map(|w| format!(" ({w})")).unwrap_or_default();
             let failure = self.timeout_failure(
                 TimeoutType::ScheduleToStart,
                 format!(
@@ -424,19 +359,10 @@ impl Planner<'_> {
         }
         self.deadlines.push(start_to_close);
         if let Some(limit) = s.heartbeat {
-            let last = self
-                .status
-                .last_heartbeat_time
-                .as_ref()
-                .map(|t| t.0)
-                .filter(|t| *t > started);
+            let last = self.status.last_heartbeat_time.as_ref().map(|t| t.0).filter(|t| *t > started);
             let deadline = add(last.unwrap_or(started), limit);
             if self.now >= deadline {
-                let since = if last.is_some() {
-                    "the last heartbeat"
-                } else {
-                    "the worker started (no heartbeat yet)"
-                };
+                let since = if last.is_some() { "the last heartbeat" } else { "the worker started (no heartbeat yet)" };
                 let failure = self.timeout_failure(
                     TimeoutType::Heartbeat,
                     format!(
@@ -463,36 +389,17 @@ impl Planner<'_> {
     fn judge_exit(&self, exit: &Exit) -> Option<Failure> {
         let attempt = self.attempt();
         let (type_, message) = if exit.disrupted {
-            let why = exit
-                .message
-                .clone()
-                .unwrap_or_else(|| "evicted or preempted".into());
-            (
-                "Evicted",
-                format!("attempt {attempt}: the worker pod was disrupted: {why}"),
-            )
+            let why = exit.message.clone().unwrap_or_else(|| "evicted or preempted".into());
+            ("Evicted", format!("attempt {attempt}: the worker pod was disrupted: {why}"))
         } else if exit.reason.as_deref() == Some("OOMKilled") {
-            (
-                "OOMKilled",
-                format!("attempt {attempt}: the worker ran out of memory (OOMKilled)"),
-            )
+            ("OOMKilled", format!("attempt {attempt}: the worker ran out of memory (OOMKilled)"))
         } else {
             match exit.exit_code {
                 Some(0) => return None,
-                Some(code) => (
-                    "ExitCode",
-                    format!("attempt {attempt}: the worker exited with code {code}"),
-                ),
+                Some(code) => ("ExitCode", format!("attempt {attempt}: the worker exited with code {code}")),
                 None => {
-                    let why = exit
-                        .message
-                        .clone()
-                        .or(exit.reason.clone())
-                        .unwrap_or_else(|| "unknown reason".into());
-                    (
-                        "PodFailed",
-                        format!("attempt {attempt}: the worker pod failed: {why}"),
-                    )
+                    let why = exit.message.clone().or(exit.reason.clone()).unwrap_or_else(|| "unknown reason".into());
+                    ("PodFailed", format!("attempt {attempt}: the worker pod failed: {why}"))
                 }
             }
         };
@@ -500,11 +407,7 @@ impl Planner<'_> {
             ("OOMKilled" | "Evicted", Some(code)) => format!("{message} (exit code {code})"),
             _ => message,
         };
-        Some(Failure {
-            exit_code: exit.exit_code,
-            reason: exit.reason.clone(),
-            ..self.failure(type_, message, false)
-        })
+        Some(Failure { exit_code: exit.exit_code, reason: exit.reason.clone(), ..self.failure(type_, message, false) })
     }
 
     /// The current attempt failed: retry after backoff, or finish.
@@ -530,11 +433,7 @@ impl Planner<'_> {
                 message: format!("{}: {}", failure.type_, failure.message),
             });
         }
-        let final_phase = if timed_out {
-            Phase::TimedOut
-        } else {
-            Phase::Failed
-        };
+        let final_phase = if timed_out { Phase::TimedOut } else { Phase::Failed };
         if failure.non_retryable || s.retry.is_non_retryable_type(&failure.type_) {
             failure.non_retryable = true;
             self.record_attempt_if_live(outcome, Some(&failure));
@@ -542,10 +441,7 @@ impl Planner<'_> {
         }
         self.record_attempt_if_live(outcome, Some(&failure));
         if !s.retry.attempts_left_after(attempt) {
-            failure.message = format!(
-                "{} (maximumAttempts {} reached)",
-                failure.message, s.retry.maximum_attempts
-            );
+            failure.message = format!("{} (maximumAttempts {} reached)", failure.message, s.retry.maximum_attempts);
             return self.finish(final_phase, Some(failure), None);
         }
         let delay = s.retry.delay_after(attempt);
@@ -577,11 +473,7 @@ impl Planner<'_> {
         self.events.push(Event {
             warning: false,
             reason: "RetryScheduled",
-            message: format!(
-                "attempt {} starts in {}",
-                attempt + 1,
-                format_duration(delay)
-            ),
+            message: format!("attempt {} starts in {}", attempt + 1, format_duration(delay)),
         });
     }
 
@@ -589,11 +481,8 @@ impl Planner<'_> {
     fn cancel(&mut self, s: &Settings) {
         if self.status.cancel_requested_time.is_none() {
             self.status.cancel_requested_time = Some(time(self.now));
-            let how = if self.activity.metadata.deletion_timestamp.is_some() {
-                "deleted"
-            } else {
-                "spec.cancelRequested"
-            };
+            let how =
+                if self.activity.metadata.deletion_timestamp.is_some() { "deleted" } else { "spec.cancelRequested" };
             self.events.push(Event {
                 warning: false,
                 reason: "CancelRequested",
@@ -609,24 +498,14 @@ impl Planner<'_> {
             return self.finish(Phase::Canceled, None, None);
         }
         let attempt = self.attempt();
-        if let Some(outcome) = self
-            .status
-            .outcome
-            .clone()
-            .filter(|o| o.attempt == attempt && o.succeeded)
-        {
+        if let Some(outcome) = self.status.outcome.clone().filter(|o| o.attempt == attempt && o.succeeded) {
             // The worker finished before it heard of the cancel: its completion stands.
             self.record_attempt_if_live("Succeeded", None);
             return self.finish(Phase::Succeeded, None, outcome.result);
         }
         self.status.phase = Some(Phase::Canceling);
         self.status.next_attempt_schedule_time = None;
-        let requested = self
-            .status
-            .cancel_requested_time
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(self.now);
+        let requested = self.status.cancel_requested_time.as_ref().map(|t| t.0).unwrap_or(self.now);
         let grace_end = add(requested, s.cancellation_grace);
         if self.now >= grace_end {
             if let Some(pod) = pod.filter(|p| !p.deleting) {
@@ -648,10 +527,7 @@ impl Planner<'_> {
 
     /// Deletes every live pod that is not the current attempt's running worker.
     fn stop_stray_pods(&mut self, deleting: bool) {
-        let live_phase = matches!(
-            self.phase(),
-            Some(Phase::Pending | Phase::Running | Phase::Canceling)
-        );
+        let live_phase = matches!(self.phase(), Some(Phase::Pending | Phase::Running | Phase::Canceling));
         let reported = self.status.outcome.as_ref().map(|o| o.attempt);
         for pod in self.pods {
             if !pod.worker.is_live() || pod.deleting {
@@ -660,9 +536,7 @@ impl Planner<'_> {
             let current = live_phase && self.status.pod_name.as_deref() == Some(pod.name.as_str());
             // A worker that reported its outcome is exiting by itself; leave it unless deleting.
             let exiting = pod.attempt.is_some() && pod.attempt == reported && !deleting;
-            let action = Action::DeletePod {
-                name: pod.name.clone(),
-            };
+            let action = Action::DeletePod { name: pod.name.clone() };
             if !current && !exiting && !self.actions.contains(&action) {
                 self.actions.push(action);
             }
@@ -671,16 +545,10 @@ impl Planner<'_> {
 
     /// Appends the current attempt to the history, once.
     fn record_attempt_if_live(&mut self, outcome: &str, failure: Option<&Failure>) {
-        let (Some(attempt), Some(pod_name)) = (self.status.attempt, self.status.pod_name.clone())
-        else {
+        let (Some(attempt), Some(pod_name)) = (self.status.attempt, self.status.pod_name.clone()) else {
             return;
         };
-        if self
-            .status
-            .attempts
-            .last()
-            .is_some_and(|r| r.attempt == attempt)
-        {
+        if self.status.attempts.last().is_some_and(|r| r.attempt == attempt) {
             return;
         }
         self.status.attempts.push(AttemptRecord {
@@ -695,12 +563,7 @@ impl Planner<'_> {
         self.status.attempts.drain(..excess);
     }
 
-    fn finish(
-        &mut self,
-        phase: Phase,
-        failure: Option<Failure>,
-        result: Option<serde_json::Value>,
-    ) {
+    fn finish(&mut self, phase: Phase, failure: Option<Failure>, result: Option<serde_json::Value>) {
         self.status.phase = Some(phase);
         self.status.closed_time = Some(time(self.now));
         self.status.next_attempt_schedule_time = None;
@@ -712,11 +575,7 @@ impl Planner<'_> {
         }
         let message = match (&self.status.last_failure, phase) {
             (Some(f), Phase::Failed | Phase::TimedOut) => format!("{}: {}", f.type_, f.message),
-            _ => format!(
-                "activity {} after {} attempt(s)",
-                phase.as_str().to_lowercase(),
-                self.attempt()
-            ),
+            _ => format!("activity {} after {} attempt(s)", phase.as_str().to_lowercase(), self.attempt()),
         };
         self.events.push(Event {
             warning: matches!(phase, Phase::Failed | Phase::TimedOut),
@@ -740,10 +599,7 @@ fn conditions(
     let reason = phase.as_str().to_string();
     let terminal = phase.is_terminal();
     let running_message = match (phase, waiting) {
-        (Phase::Pending, Some(w)) => format!(
-            "attempt {}: waiting for the worker: {w}",
-            status.attempt.unwrap_or(0)
-        ),
+        (Phase::Pending, Some(w)) => format!("attempt {}: waiting for the worker: {w}", status.attempt.unwrap_or(0)),
         (Phase::Running, _) => format!("attempt {} is running", status.attempt.unwrap_or(0)),
         _ => format!("phase {reason}"),
     };
@@ -753,20 +609,8 @@ fn conditions(
         _ => "not finished".to_string(),
     };
     let wanted = [
-        (
-            "Running",
-            if phase == Phase::Running {
-                "True"
-            } else {
-                "False"
-            },
-            running_message,
-        ),
-        (
-            "Finished",
-            if terminal { "True" } else { "False" },
-            finished_message.clone(),
-        ),
+        ("Running", if phase == Phase::Running { "True" } else { "False" }, running_message),
+        ("Finished", if terminal { "True" } else { "False" }, finished_message.clone()),
         (
             "Succeeded",
             match phase {

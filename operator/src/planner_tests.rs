@@ -12,11 +12,8 @@ fn at(ms: i64) -> Timestamp {
 }
 
 fn activity(spec: serde_json::Value) -> Activity {
-    let mut full =
-        json!({"template": {"spec": {"containers": [{"name": "w", "image": "worker"}]}}});
-    full.as_object_mut()
-        .unwrap()
-        .extend(spec.as_object().unwrap().clone());
+    let mut full = json!({"template": {"spec": {"containers": [{"name": "w", "image": "worker"}]}}});
+    full.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
     serde_json::from_value(json!({
         "apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
         "metadata": {"name": "job", "namespace": "ns", "uid": "u1", "generation": 1,
@@ -39,10 +36,7 @@ fn waiting(attempt: i32, reason: Option<&str>) -> PodView {
         name: format!("job-{attempt}"),
         attempt: Some(attempt),
         deleting: false,
-        worker: WorkerState::Waiting {
-            reason: reason.map(String::from),
-            message: None,
-        },
+        worker: WorkerState::Waiting { reason: reason.map(String::from), message: None },
     }
 }
 
@@ -51,9 +45,7 @@ fn running(attempt: i32, started_ms: i64) -> PodView {
         name: format!("job-{attempt}"),
         attempt: Some(attempt),
         deleting: false,
-        worker: WorkerState::Running {
-            started_at: Some(at(started_ms)),
-        },
+        worker: WorkerState::Running { started_at: Some(at(started_ms)) },
     }
 }
 
@@ -100,20 +92,14 @@ fn a_new_activity_gets_its_finalizer_and_first_pod_recorded() {
     let mut a = seed();
     a.metadata.finalizers = None;
     let p = plan(&a, &[], at(100));
-    assert_eq!(
-        p.actions,
-        vec![Action::AddFinalizer, Action::CreatePod { attempt: 1 }]
-    );
+    assert_eq!(p.actions, vec![Action::AddFinalizer, Action::CreatePod { attempt: 1 }]);
     assert_eq!(p.status.phase, Some(Phase::Pending));
     assert_eq!(p.status.attempt, Some(1));
     assert_eq!(p.status.pod_name.as_deref(), Some("job-1"));
     assert_eq!(p.status.scheduled_time, Some(MicroTime(at(100))));
     assert_eq!(p.status.observed_generation, Some(1));
     assert_eq!(reasons(&p), vec!["AttemptStarted"]);
-    assert_eq!(
-        p.requeue_after, None,
-        "no deadline before the worker starts without scheduleToStart"
-    );
+    assert_eq!(p.requeue_after, None, "no deadline before the worker starts without scheduleToStart");
 }
 
 #[test]
@@ -154,10 +140,7 @@ fn a_heartbeat_changes_no_operator_field() {
     let mut expected = before;
     expected.last_heartbeat_time = Some(MicroTime(at(4_000)));
     expected.heartbeat_details = Some(json!({"lastItem": 3}));
-    assert_eq!(
-        p.status, expected,
-        "only the worker's fields differ, so the operator writes nothing"
-    );
+    assert_eq!(p.status, expected, "only the worker's fields differ, so the operator writes nothing");
     // the heartbeat moved the deadline: 4 s + 5 s
     assert_eq!(p.requeue_after, Some(Duration::from_millis(4_991)));
 }
@@ -166,49 +149,13 @@ fn a_heartbeat_changes_no_operator_field() {
 fn deadlines_are_never_enforced_early_and_enforced_at_the_instant() {
     // (case, spec, last heartbeat ms, now ms, expected timeout)
     let hb = json!({"startToCloseTimeout": "10s", "heartbeatTimeout": "2s"});
-    type Case = (
-        &'static str,
-        serde_json::Value,
-        Option<i64>,
-        i64,
-        Option<TimeoutType>,
-    );
+    type Case = (&'static str, serde_json::Value, Option<i64>, i64, Option<TimeoutType>);
     let table: [Case; 6] = [
-        (
-            "heartbeat 1 ms early",
-            hb.clone(),
-            None,
-            1_000 + 1_999,
-            None,
-        ),
-        (
-            "heartbeat at deadline",
-            hb.clone(),
-            None,
-            1_000 + 2_000,
-            Some(TimeoutType::Heartbeat),
-        ),
-        (
-            "heartbeat after a beat",
-            hb.clone(),
-            Some(2_500),
-            2_500 + 1_999,
-            None,
-        ),
-        (
-            "heartbeat after a beat, late",
-            hb.clone(),
-            Some(2_500),
-            2_500 + 2_000,
-            Some(TimeoutType::Heartbeat),
-        ),
-        (
-            "start-to-close 1 ms early",
-            json!({"startToCloseTimeout": "10s"}),
-            None,
-            10_999,
-            None,
-        ),
+        ("heartbeat 1 ms early", hb.clone(), None, 1_000 + 1_999, None),
+        ("heartbeat at deadline", hb.clone(), None, 1_000 + 2_000, Some(TimeoutType::Heartbeat)),
+        ("heartbeat after a beat", hb.clone(), Some(2_500), 2_500 + 1_999, None),
+        ("heartbeat after a beat, late", hb.clone(), Some(2_500), 2_500 + 2_000, Some(TimeoutType::Heartbeat)),
+        ("start-to-close 1 ms early", json!({"startToCloseTimeout": "10s"}), None, 10_999, None),
         (
             "start-to-close at deadline",
             json!({"startToCloseTimeout": "10s"}),
@@ -225,12 +172,7 @@ fn deadlines_are_never_enforced_early_and_enforced_at_the_instant() {
         assert_eq!(got, expected, "{case}");
         if expected.is_some() {
             assert_eq!(p.status.phase, Some(Phase::BackingOff), "{case}");
-            assert!(
-                p.has(&Action::DeletePod {
-                    name: "job-1".into()
-                }),
-                "{case}: the hung worker is stopped"
-            );
+            assert!(p.has(&Action::DeletePod { name: "job-1".into() }), "{case}: the hung worker is stopped");
         } else {
             assert_eq!(p.status.phase, Some(Phase::Running), "{case}");
         }
@@ -247,10 +189,7 @@ fn a_heartbeat_timeout_schedules_the_retry_with_backoff() {
         (f.type_.as_str(), f.timeout_type, f.non_retryable, f.attempt),
         ("Timeout", Some(TimeoutType::Heartbeat), false, 1)
     );
-    assert_eq!(
-        p.status.next_attempt_schedule_time,
-        Some(MicroTime(at(7_000)))
-    );
+    assert_eq!(p.status.next_attempt_schedule_time, Some(MicroTime(at(7_000))));
     assert_eq!(p.status.attempts.len(), 1);
     assert_eq!(p.status.attempts[0].outcome, "TimedOut");
     assert_eq!(p.requeue_after, Some(Duration::from_millis(1_001)));
@@ -260,17 +199,10 @@ fn a_heartbeat_timeout_schedules_the_retry_with_backoff() {
     assert!(early.actions.is_empty() && early.events.is_empty());
     let next = plan(&b, &[exited(1, Some(143), "Error", false)], at(7_000));
     assert_eq!(next.actions, vec![Action::CreatePod { attempt: 2 }]);
-    assert_eq!(
-        (next.status.attempt, next.status.pod_name.as_deref()),
-        (Some(2), Some("job-2"))
-    );
+    assert_eq!((next.status.attempt, next.status.pod_name.as_deref()), (Some(2), Some("job-2")));
     assert_eq!(next.status.started_time, None);
     assert_eq!(next.status.next_attempt_schedule_time, None);
-    assert_eq!(
-        next.status.attempts.len(),
-        1,
-        "history is not written twice"
-    );
+    assert_eq!(next.status.attempts.len(), 1, "history is not written twice");
 }
 
 #[test]
@@ -280,23 +212,12 @@ fn retries_follow_the_backoff_formula_until_maximum_attempts() {
         let a = running_activity(seed(), n, 99_000);
         let p = plan(&a, &[exited(n, Some(1), "Error", false)], at(100_000));
         assert_eq!(p.status.phase, Some(Phase::BackingOff), "attempt {n}");
-        assert_eq!(
-            p.status.next_attempt_schedule_time,
-            Some(MicroTime(at(100_000 + delay_ms))),
-            "attempt {n}"
-        );
+        assert_eq!(p.status.next_attempt_schedule_time, Some(MicroTime(at(100_000 + delay_ms))), "attempt {n}");
     }
     let a = running_activity(seed(), 4, 99_000);
     let p = plan(&a, &[exited(4, Some(1), "Error", false)], at(100_000));
     assert_eq!(p.status.phase, Some(Phase::Failed));
-    assert!(
-        p.status
-            .last_failure
-            .clone()
-            .unwrap()
-            .message
-            .contains("maximumAttempts 4 reached")
-    );
+    assert!(p.status.last_failure.clone().unwrap().message.contains("maximumAttempts 4 reached"));
     assert_eq!(reasons(&p), vec!["AttemptFailed", "Failed"]);
     // a timeout on the last attempt ends TimedOut
     let a = running_activity(seed(), 4, 1_000);
@@ -308,62 +229,22 @@ fn retries_follow_the_backoff_formula_until_maximum_attempts() {
 fn exits_without_an_outcome_are_judged_by_code_and_reason() {
     // (pod, expected phase, failure type)
     let table = [
-        (
-            exited(1, Some(0), "Completed", false),
-            Phase::Succeeded,
-            None,
-        ),
-        (
-            exited(1, Some(3), "Error", false),
-            Phase::BackingOff,
-            Some("ExitCode"),
-        ),
-        (
-            exited(1, Some(137), "OOMKilled", false),
-            Phase::BackingOff,
-            Some("OOMKilled"),
-        ),
-        (
-            exited(1, None, "Evicted", true),
-            Phase::BackingOff,
-            Some("Evicted"),
-        ),
-        (
-            exited(1, Some(143), "Error", true),
-            Phase::BackingOff,
-            Some("Evicted"),
-        ),
-        (
-            exited(1, None, "DeadlineExceeded", false),
-            Phase::BackingOff,
-            Some("PodFailed"),
-        ),
+        (exited(1, Some(0), "Completed", false), Phase::Succeeded, None),
+        (exited(1, Some(3), "Error", false), Phase::BackingOff, Some("ExitCode")),
+        (exited(1, Some(137), "OOMKilled", false), Phase::BackingOff, Some("OOMKilled")),
+        (exited(1, None, "Evicted", true), Phase::BackingOff, Some("Evicted")),
+        (exited(1, Some(143), "Error", true), Phase::BackingOff, Some("Evicted")),
+        (exited(1, None, "DeadlineExceeded", false), Phase::BackingOff, Some("PodFailed")),
     ];
     for (pod, phase, type_) in table {
         let a = running_activity(seed(), 1, 1_000);
         let p = plan(&a, std::slice::from_ref(&pod), at(2_000));
         assert_eq!(p.status.phase, Some(phase), "{pod:?}");
-        assert_eq!(
-            p.status.last_failure.as_ref().map(|f| f.type_.as_str()),
-            type_,
-            "{pod:?}"
-        );
+        assert_eq!(p.status.last_failure.as_ref().map(|f| f.type_.as_str()), type_, "{pod:?}");
         if let Some(code) = p.status.last_failure.as_ref().and_then(|f| f.exit_code) {
-            assert!(
-                p.status
-                    .last_failure
-                    .as_ref()
-                    .unwrap()
-                    .message
-                    .contains(&code.to_string())
-            );
+            assert!(p.status.last_failure.as_ref().unwrap().message.contains(&code.to_string()));
         }
-        assert!(
-            !p.actions
-                .iter()
-                .any(|a| matches!(a, Action::DeletePod { .. })),
-            "an exited pod is not deleted"
-        );
+        assert!(!p.actions.iter().any(|a| matches!(a, Action::DeletePod { .. })), "an exited pod is not deleted");
     }
 }
 
@@ -374,48 +255,19 @@ fn with_outcome(mut a: Activity, outcome: Outcome) -> Activity {
 
 #[test]
 fn the_workers_outcome_decides() {
-    let ok = Outcome {
-        attempt: 1,
-        succeeded: true,
-        result: Some(json!({"n": 10})),
-        failure: None,
-        canceled: false,
-    };
-    let p = plan(
-        &with_outcome(running_activity(seed(), 1, 1_000), ok.clone()),
-        &[running(1, 0)],
-        at(2_000),
-    );
+    let ok = Outcome { attempt: 1, succeeded: true, result: Some(json!({"n": 10})), failure: None, canceled: false };
+    let p = plan(&with_outcome(running_activity(seed(), 1, 1_000), ok.clone()), &[running(1, 0)], at(2_000));
     assert_eq!(p.status.phase, Some(Phase::Succeeded));
     assert_eq!(p.status.result, Some(json!({"n": 10})));
     assert_eq!(p.status.closed_time, Some(MicroTime(at(2_000))));
-    assert_eq!(
-        p.actions,
-        vec![Action::RemoveFinalizer],
-        "a worker that reported is left to exit"
-    );
+    assert_eq!(p.actions, vec![Action::RemoveFinalizer], "a worker that reported is left to exit");
     assert_eq!(reasons(&p), vec!["Succeeded"]);
-    let cond = |t: &str| {
-        p.status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == t)
-            .unwrap()
-            .status
-            .clone()
-    };
-    assert_eq!(
-        (cond("Finished"), cond("Succeeded"), cond("Running")),
-        ("True".into(), "True".into(), "False".into())
-    );
+    let cond = |t: &str| p.status.conditions.iter().find(|c| c.type_ == t).unwrap().status.clone();
+    assert_eq!((cond("Finished"), cond("Succeeded"), cond("Running")), ("True".into(), "True".into(), "False".into()));
 
     // An outcome of an older attempt is ignored.
     let stale = Outcome { attempt: 1, ..ok };
-    let p = plan(
-        &with_outcome(running_activity(seed(), 2, 1_000), stale),
-        &[running(2, 0)],
-        at(2_000),
-    );
+    let p = plan(&with_outcome(running_activity(seed(), 2, 1_000), stale), &[running(2, 0)], at(2_000));
     assert_eq!(p.status.phase, Some(Phase::Running));
 
     // Non-retryable by the worker's flag, or by the type listed in the policy.
@@ -423,20 +275,11 @@ fn the_workers_outcome_decides() {
         attempt: 1,
         succeeded: false,
         result: None,
-        failure: Some(WorkerFailure {
-            type_: type_.into(),
-            message: "boom".into(),
-            non_retryable,
-        }),
+        failure: Some(WorkerFailure { type_: type_.into(), message: "boom".into(), non_retryable }),
         canceled: false,
     };
     let mut listed = seed();
-    listed
-        .spec
-        .retry_policy
-        .as_mut()
-        .unwrap()
-        .non_retryable_error_types = vec!["BadInput".into()];
+    listed.spec.retry_policy.as_mut().unwrap().non_retryable_error_types = vec!["BadInput".into()];
     let table = [
         (seed(), fail("Transient", false), Phase::BackingOff, false),
         (seed(), fail("Transient", true), Phase::Failed, true),
@@ -445,18 +288,10 @@ fn the_workers_outcome_decides() {
     ];
     for (a, outcome, phase, non_retryable) in table {
         let label = format!("{outcome:?}");
-        let p = plan(
-            &with_outcome(running_activity(a, 1, 1_000), outcome),
-            &[running(1, 0)],
-            at(2_000),
-        );
+        let p = plan(&with_outcome(running_activity(a, 1, 1_000), outcome), &[running(1, 0)], at(2_000));
         assert_eq!(p.status.phase, Some(phase), "{label}");
         let f = p.status.last_failure.clone().unwrap();
-        assert_eq!(
-            (f.type_.as_str(), f.non_retryable),
-            (f.type_.as_str(), non_retryable),
-            "{label}"
-        );
+        assert_eq!((f.type_.as_str(), f.non_retryable), (f.type_.as_str(), non_retryable), "{label}");
         assert_eq!(f.message, "boom");
     }
 }
@@ -468,28 +303,14 @@ fn schedule_to_start_lapses_on_an_image_that_never_pulls() {
     let early = plan(&a, &[waiting(1, Some("ErrImagePull"))], at(2_999));
     assert_eq!(early.status.phase, Some(Phase::Pending));
     assert_eq!(early.requeue_after, Some(Duration::from_millis(2)));
-    let running_cond = early
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Running")
-        .unwrap();
-    assert!(
-        running_cond.message.contains("ErrImagePull"),
-        "{}",
-        running_cond.message
-    );
+    let running_cond = early.status.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    assert!(running_cond.message.contains("ErrImagePull"), "{}", running_cond.message);
     let p = plan(&a, &[waiting(1, Some("ImagePullBackOff"))], at(3_000));
     assert_eq!(p.status.phase, Some(Phase::TimedOut), "never retried");
     let f = p.status.last_failure.clone().unwrap();
-    assert_eq!(
-        (f.timeout_type, f.non_retryable),
-        (Some(TimeoutType::ScheduleToStart), true)
-    );
+    assert_eq!((f.timeout_type, f.non_retryable), (Some(TimeoutType::ScheduleToStart), true));
     assert!(f.message.contains("ImagePullBackOff"), "{}", f.message);
-    assert!(p.has(&Action::DeletePod {
-        name: "job-1".into()
-    }));
+    assert!(p.has(&Action::DeletePod { name: "job-1".into() }));
     assert!(p.has(&Action::RemoveFinalizer));
 }
 
@@ -504,34 +325,15 @@ fn schedule_to_close_ends_retries_and_running_attempts() {
     let f = p.status.last_failure.clone().unwrap();
     assert_eq!(f.timeout_type, Some(TimeoutType::ScheduleToClose));
     assert!(f.message.contains("exited with code 1"), "{}", f.message);
-    assert_eq!(
-        p.status
-            .attempts
-            .last()
-            .unwrap()
-            .failure
-            .as_ref()
-            .unwrap()
-            .type_,
-        "ExitCode"
-    );
+    assert_eq!(p.status.attempts.last().unwrap().failure.as_ref().unwrap().type_, "ExitCode");
     // A failure at 14 s retries at 19 s.
     let p = plan(&a, &[exited(2, Some(1), "Error", false)], at(14_000));
     assert_eq!(p.status.phase, Some(Phase::BackingOff));
     // Running at the deadline: TimedOut and the pod is stopped.
-    let p = plan(
-        &running_activity(activity(spec), 2, 15_000),
-        &[running(2, 14_000)],
-        at(20_000),
-    );
+    let p = plan(&running_activity(activity(spec), 2, 15_000), &[running(2, 14_000)], at(20_000));
     assert_eq!(p.status.phase, Some(Phase::TimedOut));
-    assert_eq!(
-        p.status.last_failure.clone().unwrap().timeout_type,
-        Some(TimeoutType::ScheduleToClose)
-    );
-    assert!(p.has(&Action::DeletePod {
-        name: "job-2".into()
-    }));
+    assert_eq!(p.status.last_failure.clone().unwrap().timeout_type, Some(TimeoutType::ScheduleToClose));
+    assert!(p.has(&Action::DeletePod { name: "job-2".into() }));
 }
 
 #[test]
@@ -539,10 +341,7 @@ fn a_killed_pod_is_retried_without_waiting_for_a_heartbeat_timeout() {
     let a = running_activity(seed(), 1, 1_000);
     let p = plan(&a, &[exited(1, Some(137), "Error", false)], at(1_500));
     assert_eq!(p.status.phase, Some(Phase::BackingOff));
-    assert_eq!(
-        p.status.next_attempt_schedule_time,
-        Some(MicroTime(at(2_500)))
-    );
+    assert_eq!(p.status.next_attempt_schedule_time, Some(MicroTime(at(2_500))));
     // A pod that vanished after it started counts as a failure too.
     let p = plan(&a, &[], at(1_500));
     assert_eq!(p.status.last_failure.clone().unwrap().type_, "PodDeleted");
@@ -561,16 +360,10 @@ fn deleted(mut a: Activity) -> Activity {
 #[test]
 fn pending_and_backing_off_activities_cancel_at_once() {
     let pending = applied(seed(), &plan(&seed(), &[], at(0)));
-    let p = plan(
-        &cancel_requested(pending.clone()),
-        &[waiting(1, None)],
-        at(1_000),
-    );
+    let p = plan(&cancel_requested(pending.clone()), &[waiting(1, None)], at(1_000));
     assert_eq!(p.status.phase, Some(Phase::Canceled));
     assert_eq!(reasons(&p), vec!["CancelRequested", "Canceled"]);
-    assert!(p.has(&Action::DeletePod {
-        name: "job-1".into()
-    }));
+    assert!(p.has(&Action::DeletePod { name: "job-1".into() }));
     // Deleted: the finalizer stays until the pod is gone.
     let p = plan(&deleted(pending.clone()), &[waiting(1, None)], at(1_000));
     assert!(!p.has(&Action::RemoveFinalizer));
@@ -582,11 +375,7 @@ fn pending_and_backing_off_activities_cancel_at_once() {
     let s = backing_off.status.as_mut().unwrap();
     s.phase = Some(Phase::BackingOff);
     s.next_attempt_schedule_time = Some(MicroTime(at(60_000)));
-    let p = plan(
-        &cancel_requested(backing_off),
-        &[exited(1, Some(1), "Error", false)],
-        at(2_000),
-    );
+    let p = plan(&cancel_requested(backing_off), &[exited(1, Some(1), "Error", false)], at(2_000));
     assert_eq!(p.status.phase, Some(Phase::Canceled));
     assert_eq!(p.status.next_attempt_schedule_time, None);
 }
@@ -598,25 +387,13 @@ fn a_running_worker_gets_the_grace_period_then_its_pod_is_deleted() {
     assert_eq!(p.status.phase, Some(Phase::Canceling));
     assert_eq!(p.status.cancel_requested_time, Some(MicroTime(at(2_000))));
     assert!(p.actions.is_empty(), "{:?}", p.actions);
-    assert_eq!(
-        p.requeue_after,
-        Some(Duration::from_millis(30_001)),
-        "the grace period, not the heartbeat timeout"
-    );
+    assert_eq!(p.requeue_after, Some(Duration::from_millis(30_001)), "the grace period, not the heartbeat timeout");
     let a = applied(a, &p);
     // Still canceling after heartbeat deadlines pass: no retry, no timeout.
     let p = plan(&a, &[running(1, 0)], at(20_000));
-    assert_eq!(
-        (p.status.phase, p.actions.len()),
-        (Some(Phase::Canceling), 0)
-    );
+    assert_eq!((p.status.phase, p.actions.len()), (Some(Phase::Canceling), 0));
     let p = plan(&a, &[running(1, 0)], at(32_000));
-    assert_eq!(
-        p.actions,
-        vec![Action::DeletePod {
-            name: "job-1".into()
-        }]
-    );
+    assert_eq!(p.actions, vec![Action::DeletePod { name: "job-1".into() }]);
     assert_eq!(reasons(&p), vec!["CancellationGraceExpired"]);
     // The worker stops (by itself or by the deletion): Canceled.
     let p = plan(&a, &[exited(1, Some(0), "Completed", false)], at(33_000));
@@ -643,38 +420,21 @@ fn a_deleted_running_activity_keeps_its_finalizer_until_the_worker_is_gone() {
 
 #[test]
 fn a_completion_that_beats_the_cancel_stands() {
-    let ok = Outcome {
-        attempt: 1,
-        succeeded: true,
-        result: Some(json!(7)),
-        failure: None,
-        canceled: false,
-    };
+    let ok = Outcome { attempt: 1, succeeded: true, result: Some(json!(7)), failure: None, canceled: false };
     let a = with_outcome(cancel_requested(running_activity(seed(), 1, 1_000)), ok);
     let p = plan(&a, &[running(1, 0)], at(2_000));
-    assert_eq!(
-        (p.status.phase, p.status.result),
-        (Some(Phase::Succeeded), Some(json!(7)))
-    );
+    assert_eq!((p.status.phase, p.status.result), (Some(Phase::Succeeded), Some(json!(7))));
 }
 
 #[test]
 fn stray_pods_of_older_attempts_are_stopped() {
     let a = running_activity(seed(), 2, 1_000);
     let p = plan(&a, &[running(1, 0), running(2, 500)], at(2_000));
-    assert_eq!(
-        p.actions,
-        vec![Action::DeletePod {
-            name: "job-1".into()
-        }]
-    );
+    assert_eq!(p.actions, vec![Action::DeletePod { name: "job-1".into() }]);
     let mut deleting = running(1, 0);
     deleting.deleting = true;
     let p = plan(&a, &[deleting, running(2, 500)], at(2_000));
-    assert!(
-        p.actions.is_empty(),
-        "a pod already being deleted is not deleted again"
-    );
+    assert!(p.actions.is_empty(), "a pod already being deleted is not deleted again");
 }
 
 #[test]
@@ -702,35 +462,18 @@ fn an_invalid_spec_fails_once_with_the_field_named() {
     assert_eq!(p.status.phase, Some(Phase::Failed));
     let f = p.status.last_failure.clone().unwrap();
     assert_eq!((f.type_.as_str(), f.non_retryable), ("InvalidSpec", true));
-    assert!(
-        f.message.contains("spec.startToCloseTimeout"),
-        "{}",
-        f.message
-    );
-    assert!(
-        p.events
-            .iter()
-            .any(|e| e.warning && e.reason == "InvalidSpec")
-    );
+    assert!(f.message.contains("spec.startToCloseTimeout"), "{}", f.message);
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "InvalidSpec"));
     let again = plan(&applied(a, &p), &[], at(1_000));
-    assert!(
-        again.events.is_empty(),
-        "no hot loop: a failed activity stays failed"
-    );
-    assert!(
-        !again
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::CreatePod { .. }))
-    );
+    assert!(again.events.is_empty(), "no hot loop: a failed activity stays failed");
+    assert!(!again.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })));
 }
 
 #[test]
 fn the_attempt_history_keeps_the_last_ten() {
     let mut a = activity(json!({"startToCloseTimeout": "1m"}));
     for n in 1..=12 {
-        a = running_activity(a.clone(), n, 0)
-            .tap_attempts(a.status.clone().map(|s| s.attempts).unwrap_or_default());
+        a = running_activity(a.clone(), n, 0).tap_attempts(a.status.clone().map(|s| s.attempts).unwrap_or_default());
         let p = plan(&a, &[exited(n, Some(1), "Error", false)], at(1_000));
         a = applied(a, &p);
     }
@@ -758,58 +501,30 @@ fn conditions_keep_their_transition_time_while_unchanged() {
     let p1 = plan(&a, &[running(1, 0)], at(2_000));
     let p2 = plan(&applied(a, &p1), &[running(1, 0)], at(3_000));
     assert_eq!(p1.status.conditions, p2.status.conditions);
-    let running_cond = p2
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Running")
-        .unwrap();
-    assert_eq!(
-        (running_cond.status.as_str(), running_cond.reason.as_str()),
-        ("True", "Running")
-    );
+    let running_cond = p2.status.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    assert_eq!((running_cond.status.as_str(), running_cond.reason.as_str()), ("True", "Running"));
 }
 
 #[test]
 fn a_pod_the_api_server_refuses_fails_the_activity_once() {
     let a = seed();
     let first = plan(&a, &[], at(0));
-    let p = pod_rejected(
-        &a,
-        &first.status,
-        "Pod \"job-1\" is invalid: spec.containers[0].image: Required value",
-        at(10),
-    );
+    let p =
+        pod_rejected(&a, &first.status, "Pod \"job-1\" is invalid: spec.containers[0].image: Required value", at(10));
     assert_eq!(p.status.phase, Some(Phase::Failed));
     let f = p.status.last_failure.clone().unwrap();
-    assert_eq!(
-        (f.type_.as_str(), f.non_retryable, f.attempt),
-        ("PodCreationFailed", true, 1)
-    );
-    assert!(
-        f.message.contains("spec.containers[0].image"),
-        "{}",
-        f.message
-    );
+    assert_eq!((f.type_.as_str(), f.non_retryable, f.attempt), ("PodCreationFailed", true, 1));
+    assert!(f.message.contains("spec.containers[0].image"), "{}", f.message);
     assert_eq!(reasons(&p), vec!["PodCreationFailed", "Failed"]);
     assert!(p.events[0].warning);
     let again = plan(&applied(a, &p), &[], at(20));
-    assert!(
-        !again
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::CreatePod { .. })),
-        "no hot loop"
-    );
+    assert!(!again.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })), "no hot loop");
 }
 
 #[test]
 fn status_times_round_up_to_the_microsecond() {
     let t = Timestamp::from_nanosecond(1_800_000_000_123_456_001).unwrap();
-    assert_eq!(
-        time(t).0,
-        Timestamp::from_nanosecond(1_800_000_000_123_457_000).unwrap()
-    );
+    assert_eq!(time(t).0, Timestamp::from_nanosecond(1_800_000_000_123_457_000).unwrap());
     let exact = Timestamp::from_nanosecond(1_800_000_000_123_456_000).unwrap();
     assert_eq!(time(exact).0, exact);
 }

@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use activity_crds::{
-    Activity, ENV_ATTEMPT, ENV_NAME, ENV_NAMESPACE, LABEL_ACTIVITY, LABEL_ATTEMPT,
-};
+use activity_crds::{Activity, ENV_ATTEMPT, ENV_NAME, ENV_NAMESPACE, LABEL_ACTIVITY, LABEL_ATTEMPT};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
@@ -27,9 +25,7 @@ fn shorten(value: &str, reserve: usize) -> String {
 
 /// FNV-1a: a stable hash (std's hasher may change between Rust releases; pod names must not).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Name of the pod that runs `attempt` of `activity`: `<activity>-<attempt>`, shortened with a
@@ -56,48 +52,21 @@ pub enum BuildError {
 /// Builds the pod of `attempt`: the template with `restartPolicy: Never`, our labels, a controller
 /// owner reference, the ACTIVITY_* env in every container, and the worker service account when
 /// the template names none.
-pub fn build_pod(
-    activity: &Activity,
-    attempt: i32,
-    default_service_account: &str,
-) -> Result<Pod, BuildError> {
-    let name = activity
-        .metadata
-        .name
-        .clone()
-        .ok_or(BuildError::NoIdentity)?;
-    let namespace = activity
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(BuildError::NoIdentity)?;
-    let owner = activity
-        .controller_owner_ref(&())
-        .ok_or(BuildError::NoIdentity)?;
+pub fn build_pod(activity: &Activity, attempt: i32, default_service_account: &str) -> Result<Pod, BuildError> {
+    let name = activity.metadata.name.clone().ok_or(BuildError::NoIdentity)?;
+    let namespace = activity.metadata.namespace.clone().ok_or(BuildError::NoIdentity)?;
+    let owner = activity.controller_owner_ref(&()).ok_or(BuildError::NoIdentity)?;
     let template = &activity.spec.template;
     let mut spec: PodSpec = template.spec.clone().ok_or(BuildError::NoPodSpec)?;
     spec.restart_policy = Some("Never".into());
-    if spec
-        .service_account_name
-        .as_deref()
-        .unwrap_or("")
-        .is_empty()
-    {
+    if spec.service_account_name.as_deref().unwrap_or("").is_empty() {
         spec.service_account_name = Some(default_service_account.to_string());
     }
-    let env = [
-        (ENV_NAME, name.clone()),
-        (ENV_NAMESPACE, namespace.clone()),
-        (ENV_ATTEMPT, attempt.to_string()),
-    ];
+    let env = [(ENV_NAME, name.clone()), (ENV_NAMESPACE, namespace.clone()), (ENV_ATTEMPT, attempt.to_string())];
     let inject = |c: &mut Container| {
         let vars = c.env.get_or_insert_with(Vec::new);
         vars.retain(|v| !env.iter().any(|(k, _)| v.name == *k));
-        vars.extend(env.iter().map(|(k, v)| EnvVar {
-            name: (*k).into(),
-            value: Some(v.clone()),
-            value_from: None,
-        }));
+        vars.extend(env.iter().map(|(k, v)| EnvVar { name: (*k).into(), value: Some(v.clone()), value_from: None }));
     };
     spec.containers.iter_mut().for_each(inject);
     spec.init_containers.iter_mut().flatten().for_each(inject);
@@ -112,10 +81,7 @@ pub fn build_pod(
             namespace: Some(namespace),
             labels: Some(labels),
             annotations: template_meta.annotations,
-            owner_references: Some(vec![OwnerReference {
-                block_owner_deletion: Some(true),
-                ..owner
-            }]),
+            owner_references: Some(vec![OwnerReference { block_owner_deletion: Some(true), ..owner }]),
             ..ObjectMeta::default()
         },
         spec: Some(spec),
@@ -170,32 +136,16 @@ impl PodView {
     pub fn from_pod(pod: &Pod) -> Self {
         let attempt = pod.labels().get(LABEL_ATTEMPT).and_then(|a| a.parse().ok());
         let status = pod.status.clone().unwrap_or_default();
-        let worker_name = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .map(|c| c.name.as_str());
-        let cs = status
-            .container_statuses
-            .iter()
-            .flatten()
-            .find(|c| Some(c.name.as_str()) == worker_name);
+        let worker_name = pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.as_str());
+        let cs = status.container_statuses.iter().flatten().find(|c| Some(c.name.as_str()) == worker_name);
         let disrupted = status.reason.as_deref() == Some("Evicted")
-            || status
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "DisruptionTarget" && c.status == "True");
+            || status.conditions.iter().flatten().any(|c| c.type_ == "DisruptionTarget" && c.status == "True");
         let pod_done = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
         let state = cs.and_then(|c| c.state.clone()).unwrap_or_default();
         let worker = if let Some(t) = state.terminated {
             WorkerState::Exited(Exit {
                 exit_code: Some(t.exit_code),
-                reason: if disrupted && status.reason.is_some() {
-                    status.reason.clone()
-                } else {
-                    t.reason
-                },
+                reason: if disrupted && status.reason.is_some() { status.reason.clone() } else { t.reason },
                 message: t.message.or(status.message.clone()),
                 disrupted,
                 started_at: t.started_at.map(|t| t.0),
@@ -203,33 +153,19 @@ impl PodView {
         } else if pod_done {
             // The pod ended without the container reporting (e.g. evicted or rejected before start).
             WorkerState::Exited(Exit {
-                exit_code: if status.phase.as_deref() == Some("Succeeded") {
-                    Some(0)
-                } else {
-                    None
-                },
+                exit_code: if status.phase.as_deref() == Some("Succeeded") { Some(0) } else { None },
                 reason: status.reason.clone(),
                 message: status.message.clone(),
                 disrupted,
                 started_at: None,
             })
         } else if let Some(r) = state.running {
-            WorkerState::Running {
-                started_at: r.started_at.map(|t| t.0),
-            }
+            WorkerState::Running { started_at: r.started_at.map(|t| t.0) }
         } else {
             let waiting = state.waiting.unwrap_or_default();
-            WorkerState::Waiting {
-                reason: waiting.reason,
-                message: waiting.message,
-            }
+            WorkerState::Waiting { reason: waiting.reason, message: waiting.message }
         };
-        PodView {
-            name: pod.name_any(),
-            attempt,
-            deleting: pod.metadata.deletion_timestamp.is_some(),
-            worker,
-        }
+        PodView { name: pod.name_any(), attempt, deleting: pod.metadata.deletion_timestamp.is_some(), worker }
     }
 }
 
@@ -256,11 +192,7 @@ mod tests {
         assert!(n1.ends_with("-12"));
         assert_eq!(n1, pod_name(&long, 12));
         let other = format!("{}b", "a".repeat(79));
-        assert_ne!(
-            pod_name(&other, 12),
-            n1,
-            "different activities get different pods"
-        );
+        assert_ne!(pod_name(&other, 12), n1, "different activities get different pods");
         assert_eq!(pod_name(&"x".repeat(61), 1).len(), 63);
         assert_eq!(activity_label(&long).len(), 63);
     }
@@ -280,32 +212,18 @@ mod tests {
         let pod = build_pod(&a, 2, "activity-worker").unwrap();
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
-        assert_eq!(
-            spec.service_account_name.as_deref(),
-            Some("activity-worker")
-        );
+        assert_eq!(spec.service_account_name.as_deref(), Some("activity-worker"));
         assert_eq!(pod.metadata.name.as_deref(), Some("demo-2"));
         let labels = pod.metadata.labels.as_ref().unwrap();
         assert_eq!(labels.get("team").map(String::as_str), Some("x"));
         assert_eq!(labels.get(LABEL_ACTIVITY).map(String::as_str), Some("demo"));
         assert_eq!(labels.get(LABEL_ATTEMPT).map(String::as_str), Some("2"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
-            ("Activity", "u-1", Some(true))
-        );
-        for c in spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-        {
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Activity", "u-1", Some(true)));
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
             let env = c.env.as_ref().unwrap();
-            let get = |k: &str| {
-                env.iter()
-                    .filter(|v| v.name == k)
-                    .map(|v| v.value.clone().unwrap())
-                    .collect::<Vec<_>>()
-            };
+            let get =
+                |k: &str| env.iter().filter(|v| v.name == k).map(|v| v.value.clone().unwrap()).collect::<Vec<_>>();
             assert_eq!(get(ENV_NAME), vec!["demo"]);
             assert_eq!(get(ENV_NAMESPACE), vec!["ns"]);
             assert_eq!(get(ENV_ATTEMPT), vec!["2"], "container {}", c.name);
@@ -320,10 +238,7 @@ mod tests {
             json!({"spec": {"serviceAccountName": "mine", "containers": [{"name": "w", "image": "x"}]}}),
         );
         let pod = build_pod(&a, 1, "activity-worker").unwrap();
-        assert_eq!(
-            pod.spec.unwrap().service_account_name.as_deref(),
-            Some("mine")
-        );
+        assert_eq!(pod.spec.unwrap().service_account_name.as_deref(), Some("mine"));
     }
 
     fn pod(status: serde_json::Value) -> Pod {
@@ -343,49 +258,27 @@ mod tests {
         assert_eq!(waiting.attempt, Some(1));
         assert_eq!(
             waiting.worker,
-            WorkerState::Waiting {
-                reason: Some("ErrImagePull".into()),
-                message: Some("no such image".into())
-            }
+            WorkerState::Waiting { reason: Some("ErrImagePull".into()), message: Some("no such image".into()) }
         );
         let running = PodView::from_pod(&pod(json!({"phase": "Running", "containerStatuses": [
             {"name": "side", "image": "y", "imageID": "", "ready": true, "restartCount": 0,
              "state": {"terminated": {"exitCode": 1}}},
             {"name": "w", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
              "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]})));
-        assert!(matches!(
-            running.worker,
-            WorkerState::Running {
-                started_at: Some(_)
-            }
-        ));
+        assert!(matches!(running.worker, WorkerState::Running { started_at: Some(_) }));
         let oom = PodView::from_pod(&pod(json!({"phase": "Failed", "containerStatuses": [
             {"name": "w", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
              "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]})));
-        let WorkerState::Exited(exit) = oom.worker else {
-            panic!("not exited")
-        };
-        assert_eq!(
-            (exit.exit_code, exit.reason.as_deref(), exit.disrupted),
-            (Some(137), Some("OOMKilled"), false)
-        );
-        let evicted = PodView::from_pod(&pod(
-            json!({"phase": "Failed", "reason": "Evicted", "message": "low memory"}),
-        ));
-        let WorkerState::Exited(exit) = evicted.worker else {
-            panic!("not exited")
-        };
-        assert_eq!(
-            (exit.exit_code, exit.reason.as_deref(), exit.disrupted),
-            (None, Some("Evicted"), true)
-        );
+        let WorkerState::Exited(exit) = oom.worker else { panic!("not exited") };
+        assert_eq!((exit.exit_code, exit.reason.as_deref(), exit.disrupted), (Some(137), Some("OOMKilled"), false));
+        let evicted = PodView::from_pod(&pod(json!({"phase": "Failed", "reason": "Evicted", "message": "low memory"})));
+        let WorkerState::Exited(exit) = evicted.worker else { panic!("not exited") };
+        assert_eq!((exit.exit_code, exit.reason.as_deref(), exit.disrupted), (None, Some("Evicted"), true));
         let disrupted = PodView::from_pod(&pod(json!({"phase": "Running",
             "conditions": [{"type": "DisruptionTarget", "status": "True"}],
             "containerStatuses": [{"name": "w", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
              "state": {"terminated": {"exitCode": 143, "reason": "Error"}}}]})));
-        let WorkerState::Exited(exit) = disrupted.worker else {
-            panic!("not exited")
-        };
+        let WorkerState::Exited(exit) = disrupted.worker else { panic!("not exited") };
         assert!(exit.disrupted);
     }
 }

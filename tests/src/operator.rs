@@ -10,12 +10,21 @@ use anyhow::{Context, bail};
 
 use crate::{kubeconfig_path, kubectl, local_dir, repo_root, wait_for};
 
-/// Directory of the workspace's own binaries (`activity-operator`, `activity-worker`):
-/// `$ACTIVITY_BIN_DIR`, else `<repo>/target/debug` (what the process node runs as well).
+/// Directory of the workspace's own debug binaries (`activity-operator`, `activity-worker`), the
+/// ones the process node runs too: `$ACTIVITY_BIN_DIR`, else `$CARGO_TARGET_DIR/debug`, else
+/// `<repo>/target/debug`.
+pub fn workspace_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ACTIVITY_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let target = if target.is_absolute() { target } else { repo_root().join(target) };
+    target.join("debug")
+}
+
+/// Path of one of the workspace's binaries; an error says how to build it when missing.
 pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("ACTIVITY_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/debug"));
+    let dir = workspace_bin_dir();
     let path = dir.join(name);
     if !path.exists() {
         bail!("{} does not exist: run `cargo build --workspace --bins` first", path.display());

@@ -264,8 +264,13 @@ async fn a_killed_worker_is_retried_without_waiting_for_the_heartbeat_timeout() 
     )
     .await;
     s.wait_phase("crash", Phase::Running, 60).await;
-    s.pods.delete("crash-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("kill pod");
-    let a = s.wait("crash", 30, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running)).await;
+    s.pods
+        .delete("crash-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .expect("kill pod");
+    let a = s
+        .wait("crash", 30, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running))
+        .await;
     let first = &status(&a).attempts[0];
     let f = first.failure.as_ref().expect("attempt 1 failure");
     assert_eq!(f.timeout_type, None, "judged by the pod, not by a heartbeat timeout: {f:?}");
@@ -285,7 +290,9 @@ async fn successful_outcome_carries_the_result_and_details_survive_retries() {
     s.heartbeat("ok", 1, json!({"offset": 41, "progress": "41/100"})).await.expect("heartbeat");
     // attempt 1 crashes; attempt 2 sees the details of attempt 1
     s.pods.delete("ok-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("kill");
-    let a = s.wait("ok", 30, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running)).await;
+    let a = s
+        .wait("ok", 30, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running))
+        .await;
     assert_eq!(status(&a).heartbeat_details, Some(json!({"offset": 41, "progress": "41/100"})));
     let table = kubectl(&["get", "act", "ok", "-n", &s.ns.name]).expect("kubectl get act");
     assert!(table.contains("41/100") && table.contains("Running"), "{table}");
@@ -304,7 +311,8 @@ async fn successful_outcome_carries_the_result_and_details_survive_retries() {
     let succeeded = st.conditions.iter().find(|c| c.type_ == "Succeeded").expect("condition");
     assert_eq!(succeeded.status, "True");
     assert_eq!(st.attempts.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(), vec!["Failed", "Succeeded"]);
-    let events = kubectl(&["get", "events", "-n", &s.ns.name, "--field-selector", "involvedObject.name=ok"]).expect("events");
+    let events =
+        kubectl(&["get", "events", "-n", &s.ns.name, "--field-selector", "involvedObject.name=ok"]).expect("events");
     for reason in ["AttemptStarted", "AttemptFailed", "RetryScheduled", "Succeeded"] {
         assert!(events.contains(reason), "event {reason} missing:\n{events}");
     }
@@ -336,11 +344,8 @@ async fn a_zombie_heartbeat_from_an_old_attempt_is_refused() {
 #[tokio::test]
 async fn a_heartbeat_causes_no_operator_write() {
     let s = Scenario::new("op-zero").await;
-    s.create(
-        "beat",
-        json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "1m", "template": shell("sleep 3600")}),
-    )
-    .await;
+    s.create("beat", json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "1m", "template": shell("sleep 3600")}))
+        .await;
     s.wait_phase("beat", Phase::Running, 60).await;
     // Let the operator settle on the Running status, then count its writes across 20 heartbeats.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -462,12 +467,24 @@ async fn bad_manifests_are_refused_naming_the_field() {
     ensure_crd().expect("CRD");
     let cases = [
         (json!({"startToCloseTimeout": "2 minutes", "template": shell("true")}), "spec.startToCloseTimeout"),
-        (json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "2m", "template": shell("true")}), "spec.heartbeatTimeout"),
+        (
+            json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "2m", "template": shell("true")}),
+            "spec.heartbeatTimeout",
+        ),
         (json!({"template": shell("true")}), "spec.startToCloseTimeout and spec.scheduleToCloseTimeout"),
-        (json!({"startToCloseTimeout": "1m", "retryPolicy": {"backoffCoefficient": 0.5}, "template": shell("true")}), "spec.retryPolicy.backoffCoefficient"),
-        (json!({"startToCloseTimeout": "1m", "retryPolicy": {"maximumAttempts": -2}, "template": shell("true")}), "spec.retryPolicy.maximumAttempts"),
+        (
+            json!({"startToCloseTimeout": "1m", "retryPolicy": {"backoffCoefficient": 0.5}, "template": shell("true")}),
+            "spec.retryPolicy.backoffCoefficient",
+        ),
+        (
+            json!({"startToCloseTimeout": "1m", "retryPolicy": {"maximumAttempts": -2}, "template": shell("true")}),
+            "spec.retryPolicy.maximumAttempts",
+        ),
         (json!({"startToCloseTimeout": "1m"}), "spec.template"),
-        (json!({"startToCloseTimeout": "1m", "template": {"spec": {"containers": []}}}), "spec.template.spec.containers"),
+        (
+            json!({"startToCloseTimeout": "1m", "template": {"spec": {"containers": []}}}),
+            "spec.template.spec.containers",
+        ),
     ];
     let dir = std::env::temp_dir().join(format!("bad-manifests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
@@ -476,7 +493,8 @@ async fn bad_manifests_are_refused_naming_the_field() {
                               "metadata": {"name": format!("bad-{i}"), "namespace": "default"}, "spec": spec});
         let path = dir.join(format!("{i}.json"));
         std::fs::write(&path, manifest.to_string()).expect("write");
-        let out = activity_tests::tool("kubectl", &["apply", "--dry-run=server", "-f", path.to_str().expect("utf8")]).expect("kubectl");
+        let out = activity_tests::tool("kubectl", &["apply", "--dry-run=server", "-f", path.to_str().expect("utf8")])
+            .expect("kubectl");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "case {i} was accepted");
         assert!(stderr.contains(field), "case {i}: the message names {field}: {stderr}");

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
-use activity_tests::{TestNs, kubectl, local_dir, repo_root, wait_for};
+use activity_tests::{TestNs, kubectl, local_dir, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -27,13 +27,7 @@ const EXIT_CANCELED: i32 = 143;
 
 /// The CRD (applied once per run; applying it again is harmless) and the worker binary.
 async fn setup(prefix: &str) -> TestNs {
-    let exe = repo_root().join("target/debug/activity-worker");
-    assert!(
-        exe.exists(),
-        "{} does not exist: build it with `cargo build -p activity-worker` (the process node runs it for the \
-         activity-worker image)",
-        exe.display()
-    );
+    activity_tests::operator::workspace_bin("activity-worker").expect("the activity-worker binary");
     ensure_crd().unwrap();
     let ns = TestNs::new(prefix).await.unwrap();
     worker_rbac(&ns.name).unwrap();
@@ -467,10 +461,13 @@ async fn a_sigkilled_worker_resumes_from_its_last_heartbeat_without_repeating_or
                      "args": ["demo", "batch", "--total", "8", "--fail-after", "0", "--item-duration", "1s"]}]}}}
     });
     activities(&ns).create(&PostParams::default(), &serde_json::from_value(manifest).unwrap()).await.unwrap();
-    wait_status(&ns, "kill", "three items heartbeated", |s| s["heartbeatDetails"]["lastItem"].as_u64() >= Some(2)).await;
+    wait_status(&ns, "kill", "three items heartbeated", |s| s["heartbeatDetails"]["lastItem"].as_u64() >= Some(2))
+        .await;
     // SIGKILL: grace period 0 sends no SIGTERM, so the worker cannot flush or report anything.
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    pods.delete("kill-1", &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    pods.delete("kill-1", &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .unwrap();
     let at_kill = status(&ns, "kill").await;
     let last = at_kill["heartbeatDetails"]["lastItem"].as_u64().unwrap();
     let s = wait_phase(&ns, "kill", "Succeeded", Duration::from_secs(120)).await;
