@@ -469,7 +469,7 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
         (&op, vec!["create", "pods", "-n", "default"], false),
         (&op, vec!["list", "activities.heartbeat.dev", "--all-namespaces"], false),
         (&op, vec!["update", "activities.heartbeat.dev", "-n", &watched_ns], false),
-        (&op, vec!["create", "pods/exec", "-n", &watched_ns], false),
+        (&op, vec!["create", "pods", "--subresource=exec", "-n", &watched_ns], false),
         (&op, vec!["create", "leases", "-n", &relns], false),
         (&op, vec!["update", &lease, "-n", &relns], false),
         (&op, vec!["delete", &lease, "-n", &relns], false),

@@ -40,7 +40,13 @@ async fn create(ns: &TestNs, pod: &Pod) -> anyhow::Result<()> {
 }
 
 /// Waits until the pod satisfies `check`, and returns it.
-async fn wait_pod(ns: &TestNs, name: &str, timeout: Duration, what: &str, check: impl Fn(&Pod) -> bool) -> anyhow::Result<Pod> {
+async fn wait_pod(
+    ns: &TestNs,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&Pod) -> bool,
+) -> anyhow::Result<Pod> {
     let api = ns.api::<Pod>();
     wait_for(timeout, &format!("pod {name}: {what}"), || async {
         let pod = api.get_opt(name).await?;
@@ -106,7 +112,10 @@ async fn failing_pod_reports_exit_code_and_error() -> anyhow::Result<()> {
 #[tokio::test]
 async fn true_pod_succeeds() -> anyhow::Result<()> {
     let ns = TestNs::new("node-true").await?;
-    let p = pod("ok", json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "docker.io/library/busybox:1.37", "command": ["true"]}]}));
+    let p = pod(
+        "ok",
+        json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "docker.io/library/busybox:1.37", "command": ["true"]}]}),
+    );
     create(&ns, &p).await?;
     let p = wait_pod(&ns, "ok", Duration::from_secs(60), "Succeeded", |p| phase(p) == "Succeeded").await?;
     assert_eq!(terminated(&p), Some((0, "Completed".into())));
@@ -152,17 +161,23 @@ async fn unknown_image_fails_to_pull() -> anyhow::Result<()> {
 async fn deletion_sends_sigterm_and_respects_the_grace_period() -> anyhow::Result<()> {
     let ns = TestNs::new("node-term").await?;
     // Exits on SIGTERM; its grace period is long, so it can only be gone early by exiting itself.
-    let polite = pod("polite", json!({
-        "terminationGracePeriodSeconds": 120,
-        "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c",
-            "trap 'echo got TERM; exit 0' TERM; echo started; while true; do sleep 1; done"]}],
-    }));
+    let polite = pod(
+        "polite",
+        json!({
+            "terminationGracePeriodSeconds": 120,
+            "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c",
+                "trap 'echo got TERM; exit 0' TERM; echo started; while true; do sleep 1; done"]}],
+        }),
+    );
     // Notes SIGTERM and goes on: it lives on until SIGKILL at the end of its grace period.
-    let stubborn = pod("stubborn", json!({
-        "terminationGracePeriodSeconds": 4,
-        "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c",
-            "trap 'echo got TERM' TERM; echo started; while true; do echo tick; sleep 1; done"]}],
-    }));
+    let stubborn = pod(
+        "stubborn",
+        json!({
+            "terminationGracePeriodSeconds": 4,
+            "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c",
+                "trap 'echo got TERM' TERM; echo started; while true; do echo tick; sleep 1; done"]}],
+        }),
+    );
     create(&ns, &polite).await?;
     create(&ns, &stubborn).await?;
     for name in ["polite", "stubborn"] {
@@ -246,22 +261,29 @@ async fn pod_credentials_carry_the_service_accounts_rbac() -> anyhow::Result<()>
     let kubectl = bin_dir()?.join("kubectl").display().to_string();
     let script = "\"$KUBECTL\" get configmap x -o name; echo \"get-cm=$?\"; \
                   \"$KUBECTL\" get secrets; echo \"get-secrets=$?\"; echo \"kubeconfig=[$KUBECONFIG]\"";
-    let with_sa = pod("with-sa", json!({
-        "serviceAccountName": "reader",
-        "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", script],
-                        "env": [{"name": "KUBECTL", "value": kubectl}]}],
-    }));
-    let without = pod("without", json!({
-        "serviceAccountName": "reader",
-        "automountServiceAccountToken": false,
-        "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "echo \"kubeconfig=[$KUBECONFIG]\""]}],
-    }));
+    let with_sa = pod(
+        "with-sa",
+        json!({
+            "serviceAccountName": "reader",
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", script],
+                            "env": [{"name": "KUBECTL", "value": kubectl}]}],
+        }),
+    );
+    let without = pod(
+        "without",
+        json!({
+            "serviceAccountName": "reader",
+            "automountServiceAccountToken": false,
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "echo \"kubeconfig=[$KUBECONFIG]\""]}],
+        }),
+    );
     create(&ns, &with_sa).await?;
     create(&ns, &without).await?;
     for name in ["with-sa", "without"] {
-        wait_pod(&ns, name, Duration::from_secs(90), "finished", |p| matches!(phase(p), "Succeeded" | "Failed")).await?;
+        wait_pod(&ns, name, Duration::from_secs(90), "finished", |p| matches!(phase(p), "Succeeded" | "Failed"))
+            .await?;
     }
     let log = read_log(&ns, "with-sa", "main");
     assert!(log.contains("configmap/x") && log.contains("get-cm=0"), "allowed by the Role: {log}");
@@ -278,24 +300,29 @@ async fn env_expansion_downward_api_and_pod_ips() -> anyhow::Result<()> {
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"greeting": "hello"}}))?;
     ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await?;
     let spec = |name: &str| {
-        pod(name, json!({
-            "containers": [{
-                "name": "main", "image": "busybox",
-                // Expanded by the node, not the shell (single quotes).
-                "command": ["sh", "-c", "echo '$(GREETING) from $(POD_NAME) at $(MY_IP) $$(POD_NAME) $(NOPE)'; sleep 3600"],
-                "env": [
-                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                    {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
-                ],
-            }],
-        }))
+        pod(
+            name,
+            json!({
+                "containers": [{
+                    "name": "main", "image": "busybox",
+                    // Expanded by the node, not the shell (single quotes).
+                    "command": ["sh", "-c", "echo '$(GREETING) from $(POD_NAME) at $(MY_IP) $$(POD_NAME) $(NOPE)'; sleep 3600"],
+                    "env": [
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+                    ],
+                }],
+            }),
+        )
     };
     create(&ns, &spec("a")).await?;
     create(&ns, &spec("b")).await?;
     let mut ips = Vec::new();
     for name in ["a", "b"] {
-        let p = wait_pod(&ns, name, Duration::from_secs(60), "Ready", |p| condition(p, "Ready").as_deref() == Some("True")).await?;
+        let p =
+            wait_pod(&ns, name, Duration::from_secs(60), "Ready", |p| condition(p, "Ready").as_deref() == Some("True"))
+                .await?;
         let st = p.status.clone().unwrap_or_default();
         let ip = st.pod_ip.clone().unwrap_or_default();
         assert!(ip.starts_with("127.0.") && ip != "127.0.0.1", "loopback pod IP: {ip}");
@@ -313,21 +340,25 @@ async fn probes_drive_readiness_and_restarts() -> anyhow::Result<()> {
     let ns = TestNs::new("node-probe").await?;
     // Ready only once the file `ready` exists (created after a while); the liveness probe fails
     // once `dead` exists, which restarts the container (the new run finds `dead` gone).
-    let p = pod("probed", json!({
-        "terminationGracePeriodSeconds": 2,
-        "containers": [{
-            "name": "main", "image": "busybox",
-            "command": ["sh", "-c", "rm -f ready dead; echo started; sleep 3; touch ready; sleep 3; touch dead; sleep 3600"],
-            "readinessProbe": {"exec": {"command": ["test", "-f", "ready"]}, "periodSeconds": 1},
-            "livenessProbe": {"exec": {"command": ["test", "!", "-f", "dead"]}, "periodSeconds": 1, "failureThreshold": 2},
-        }],
-    }));
+    let p = pod(
+        "probed",
+        json!({
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "main", "image": "busybox",
+                "command": ["sh", "-c", "rm -f ready dead; echo started; sleep 3; touch ready; sleep 3; touch dead; sleep 3600"],
+                "readinessProbe": {"exec": {"command": ["test", "-f", "ready"]}, "periodSeconds": 1},
+                "livenessProbe": {"exec": {"command": ["test", "!", "-f", "dead"]}, "periodSeconds": 1, "failureThreshold": 2},
+            }],
+        }),
+    );
     create(&ns, &p).await?;
     let running = wait_pod(&ns, "probed", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await?;
     if container(&running, "main").is_some_and(|c| c.restart_count == 0) {
         assert_eq!(condition(&running, "Ready").as_deref(), Some("False"), "not ready before the probe passes");
     }
-    wait_pod(&ns, "probed", Duration::from_secs(30), "Ready", |p| condition(p, "Ready").as_deref() == Some("True")).await?;
+    wait_pod(&ns, "probed", Duration::from_secs(30), "Ready", |p| condition(p, "Ready").as_deref() == Some("True"))
+        .await?;
     let p = wait_pod(&ns, "probed", Duration::from_secs(60), "restarted by the liveness probe", |p| {
         container(p, "main").is_some_and(|c| c.restart_count >= 1)
     })
@@ -347,10 +378,16 @@ async fn five_hundred_sleeping_pods() -> anyhow::Result<()> {
     let ns = TestNs::new("node-scale").await?;
     let api = ns.api::<Pod>();
     let start = Instant::now();
-    for i in 0..N {
-        let mut p = sh_pod(&format!("sleep-{i}"), "Always", "sleep 3600");
-        p.spec.as_mut().unwrap().automount_service_account_token = Some(true);
-        api.create(&PostParams::default(), &p).await?;
+    let creates = futures::stream::iter(0..N).map(|i| {
+        let api = api.clone();
+        async move {
+            let p = sh_pod(&format!("sleep-{i}"), "Always", "sleep 3600");
+            api.create(&PostParams::default(), &p).await
+        }
+    });
+    let results: Vec<_> = creates.buffer_unordered(32).collect().await;
+    for r in results {
+        r?;
     }
     let created = start.elapsed();
     wait_for(Duration::from_secs(600), "500 pods Running", || async {

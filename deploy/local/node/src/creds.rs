@@ -131,11 +131,7 @@ pub async fn request_token(client: kube::Client, pod: &Pod) -> Result<Token> {
     let namespace = pod.metadata.namespace.clone().ok_or(Error::IncompletePod("namespace"))?;
     let name = pod.metadata.name.clone().ok_or(Error::IncompletePod("name"))?;
     let uid = pod.metadata.uid.clone().ok_or(Error::IncompletePod("uid"))?;
-    let sa = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.clone())
-        .unwrap_or_else(|| "default".to_string());
+    let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".to_string());
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
             audiences: None,

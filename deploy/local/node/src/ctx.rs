@@ -2,7 +2,7 @@
 //! few API calls the workers make (bounded by a semaphore, so 500 pods starting at once do not
 //! flood the API server).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -37,6 +37,8 @@ pub struct NodeCtx {
     pub access: ClusterAccess,
     pub ips: Mutex<IpPool>,
     pub api: Semaphore,
+    /// Containers with a live process, as `namespace/pod/container` (for following logs).
+    pub running: Mutex<HashSet<String>>,
     /// Events about pods (`kubectl describe pod`), as the kubelet reports them.
     pub recorder: Recorder,
     /// Cancelled when the node shuts down.
@@ -44,6 +46,22 @@ pub struct NodeCtx {
 }
 
 impl NodeCtx {
+    /// Whether `namespace/pod/container` has a live process.
+    pub fn is_running(&self, label: &str) -> bool {
+        self.running.lock().is_ok_and(|r| r.contains(label))
+    }
+
+    /// Records that `namespace/pod/container` started (`true`) or ended.
+    pub fn set_running(&self, label: &str, running: bool) {
+        if let Ok(mut r) = self.running.lock() {
+            if running {
+                r.insert(label.to_string());
+            } else {
+                r.remove(label);
+            }
+        }
+    }
+
     /// Per-pod directory (working directory, credentials).
     pub fn pod_dir(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
         self.state_dir.join("pods").join(format!("{namespace}_{name}_{uid}"))

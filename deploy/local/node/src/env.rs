@@ -185,12 +185,10 @@ pub fn field_value(facts: &PodFacts<'_>, path: &str) -> Result<String, EnvError>
         "metadata.name" => meta.name.clone().unwrap_or_default(),
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => spec
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_else(|| facts.node_name.to_string()),
-        "spec.serviceAccountName" => spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".to_string()),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_else(|| facts.node_name.to_string()),
+        "spec.serviceAccountName" => {
+            spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".to_string())
+        }
         "status.podIP" | "status.podIPs" => facts.pod_ip.to_string(),
         "status.hostIP" | "status.hostIPs" => facts.host_ip.to_string(),
         _ => match subscript(path) {
@@ -321,7 +319,9 @@ mod tests {
         assert_eq!(err.to_string(), "couldn't find key zz in ConfigMap ns/cm");
         let c = container(serde_json::json!({"name": "c", "envFrom": [{"configMapRef": {"name": "gone"}}]}));
         assert_eq!(resolve_env(&facts(&pod), &c, &sources()).unwrap_err().to_string(), "configmap \"gone\" not found");
-        let c = container(serde_json::json!({"name": "c", "envFrom": [{"configMapRef": {"name": "gone", "optional": true}}]}));
+        let c = container(
+            serde_json::json!({"name": "c", "envFrom": [{"configMapRef": {"name": "gone", "optional": true}}]}),
+        );
         assert!(resolve_env(&facts(&pod), &c, &sources()).unwrap().is_empty());
         let c = container(serde_json::json!({"name": "c", "env": [
             {"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.bogus"}}}]}));
@@ -342,12 +342,12 @@ mod tests {
     fn resources() {
         let pod = pod();
         let c = container(serde_json::json!({"name": "c",
-            "resources": {"limits": {"cpu": "1500m", "memory": "64Mi"}},
-            "env": [
-                {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
-                {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
-                {"name": "REQ", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
-            ]}));
+        "resources": {"limits": {"cpu": "1500m", "memory": "64Mi"}},
+        "env": [
+            {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+            {"name": "REQ", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
+        ]}));
         let env = resolve_env(&facts(&pod), &c, &sources()).unwrap();
         assert_eq!(env[0].1, "2");
         assert_eq!(env[1].1, "64");

@@ -38,6 +38,9 @@ pub enum Error {
     #[error("pod object without {0}")]
     IncompletePod(&'static str),
 
+    #[error("TLS: {0}")]
+    Tls(String),
+
     #[error("watching pods: {0}")]
     Watch(#[from] kube::runtime::watcher::Error),
 }

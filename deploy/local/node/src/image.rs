@@ -47,7 +47,11 @@ pub fn classify(image: &str) -> ImageKind {
 }
 
 /// "Pulls" the image: its kind if this node can run it, `ErrImagePull`'s message otherwise.
-pub fn check_image(image: &str, bin_dir: &Path, is_executable: &impl Fn(&Path) -> bool) -> Result<ImageKind, LaunchError> {
+pub fn check_image(
+    image: &str,
+    bin_dir: &Path,
+    is_executable: &impl Fn(&Path) -> bool,
+) -> Result<ImageKind, LaunchError> {
     let unavailable = |why: String| LaunchError::ImagePull(format!("Failed to pull image \"{image}\": {why}"));
     match classify(image) {
         ImageKind::Unknown => Err(unavailable(format!(
@@ -211,6 +215,8 @@ mod tests {
 
     #[test]
     fn unknown_images() {
-        assert!(matches!(plan("nginx:1", &["true"], &[]), Err(LaunchError::ImagePull(m)) if m.starts_with("Failed to pull image \"nginx:1\"")));
+        assert!(
+            matches!(plan("nginx:1", &["true"], &[]), Err(LaunchError::ImagePull(m)) if m.starts_with("Failed to pull image \"nginx:1\""))
+        );
     }
 }

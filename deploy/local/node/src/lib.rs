@@ -13,6 +13,7 @@ pub mod error;
 pub mod expand;
 pub mod image;
 pub mod ipam;
+pub mod kubelet_api;
 pub mod node;
 pub mod pod;
 pub mod policy;
@@ -104,10 +105,25 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
     })
     .await?
     .git_version;
+    // The kubelet API (`kubectl logs`), on a port of its own (several clusters may share the host).
+    let kubelet_api = match kubelet_api::tls_config(&settings.kubeconfig) {
+        Ok(tls) => match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
+            Ok(listener) => Some((listener, Arc::new(tls))),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for the kubelet API; `kubectl logs` will not work");
+                None
+            }
+        },
+        Err(e) => {
+            warn!(error = %e, "no TLS identity for the kubelet API; `kubectl logs` will not work");
+            None
+        }
+    };
+    let kubelet_port = kubelet_api.as_ref().and_then(|(l, _)| l.local_addr().ok()).map_or(0, |a| a.port());
     let host = node::HostInfo::read();
     let since = Timestamp::now();
     let node_uid = with_retry("registering the node", Duration::from_secs(60), || {
-        node::register(&client, &settings.node_name, &version, &host, since)
+        node::register(&client, &settings.node_name, &version, &host, kubelet_port, since)
     })
     .await?;
     info!(node = %settings.node_name, %version, "node ready");
@@ -116,6 +132,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
         settings.node_name.clone(),
         version,
         host,
+        kubelet_port,
         node_uid,
         since,
         shutdown.clone(),
@@ -129,13 +146,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
         log_dir,
         bin_dir,
         pids_dir,
-        host_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        host_path: std::env::var("PATH")
+            .unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
         access,
         ips: Mutex::new(ipam::IpPool::default()),
+        running: Mutex::new(std::collections::HashSet::new()),
         api: Semaphore::new(ctx::API_CONCURRENCY),
         recorder,
         shutdown: shutdown.clone(),
     });
+    if let Some((listener, tls)) = kubelet_api {
+        info!(port = kubelet_port, "kubelet API (container logs) listening on 127.0.0.1");
+        tokio::spawn(kubelet_api::serve(listener, tls, ctx.clone()));
+    }
     supervisor::run(ctx).await;
     shutdown.cancel();
     let _ = heartbeat.await;

@@ -44,8 +44,7 @@ impl HostInfo {
         let os_image = std::fs::read_to_string("/etc/os-release")
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+                s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
             })
             .unwrap_or_else(|| "Linux".into());
         Self {
@@ -81,7 +80,7 @@ pub fn node_object(name: &str, host: &HostInfo) -> Result<Node> {
 }
 
 /// The `nodes/status` body: Ready with a fresh heartbeat, resources, addresses, nodeInfo.
-pub fn status_patch(name: &str, version: &str, host: &HostInfo, since: Timestamp, now: Timestamp) -> Value {
+pub fn status_patch(version: &str, host: &HostInfo, kubelet_port: u16, since: Timestamp, now: Timestamp) -> Value {
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
         json!({
             "type": type_, "status": status, "reason": reason, "message": message,
@@ -99,10 +98,13 @@ pub fn status_patch(name: &str, version: &str, host: &HostInfo, since: Timestamp
                 condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
                 condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
             ],
+            // The API server reaches the kubelet API (`kubectl logs`) at the first of these in its
+            // preference order, Hostname first: a name that resolves to the node's address.
             "addresses": [
                 {"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": name},
+                {"type": "Hostname", "address": "localhost"},
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": {
                 "machineID": host.machine_id,
                 "systemUUID": host.machine_id,
@@ -137,7 +139,14 @@ fn lease_object(name: &str, node_uid: Option<&str>, now: Timestamp) -> Result<Le
 }
 
 /// Registers (creates or updates) the node and writes its status. Returns the node's uid.
-pub async fn register(client: &Client, name: &str, version: &str, host: &HostInfo, since: Timestamp) -> Result<Option<String>> {
+pub async fn register(
+    client: &Client,
+    name: &str,
+    version: &str,
+    host: &HostInfo,
+    kubelet_port: u16,
+    since: Timestamp,
+) -> Result<Option<String>> {
     let nodes: Api<Node> = Api::all(client.clone());
     let wanted = node_object(name, host)?;
     let node = match nodes.create(&PostParams::default(), &wanted).await {
@@ -153,7 +162,7 @@ pub async fn register(client: &Client, name: &str, version: &str, host: &HostInf
         }
         Err(e) => return Err(e.into()),
     };
-    let patch = status_patch(name, version, host, since, Timestamp::now());
+    let patch = status_patch(version, host, kubelet_port, since, Timestamp::now());
     nodes.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)).await?;
     Ok(node.metadata.uid)
 }
@@ -165,6 +174,7 @@ pub async fn heartbeat(
     name: String,
     version: String,
     host: HostInfo,
+    kubelet_port: u16,
     node_uid: Option<String>,
     since: Timestamp,
     cancel: CancellationToken,
@@ -179,7 +189,7 @@ pub async fn heartbeat(
             current = None;
         }
         if last_status.elapsed() >= STATUS_REFRESH {
-            let patch = status_patch(&name, &version, &host, since, Timestamp::now());
+            let patch = status_patch(&version, &host, kubelet_port, since, Timestamp::now());
             match nodes.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch)).await {
                 Ok(_) => last_status = tokio::time::Instant::now(),
                 Err(e) => warn!(error = %e, "updating node status"),
@@ -222,7 +232,7 @@ mod tests {
     fn status_has_ready_and_resources() {
         let host = HostInfo { arch: "amd64", ..Default::default() };
         let t = Timestamp::from_second(1_700_000_000).unwrap();
-        let p = status_patch("local-node", "v1.36.3", &host, t, t);
+        let p = status_patch("v1.36.3", &host, 10250, t, t);
         let conditions = p["status"]["conditions"].as_array().unwrap();
         let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!(ready["status"], "True");
@@ -230,6 +240,7 @@ mod tests {
         assert_eq!(p["status"]["capacity"]["memory"], "16Gi");
         assert_eq!(p["status"]["nodeInfo"]["kubeletVersion"], "v1.36.3");
         assert_eq!(p["status"]["addresses"][0]["address"], "127.0.0.1");
+        assert_eq!(p["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
         let status: k8s_openapi::api::core::v1::NodeStatus = serde_json::from_value(p["status"].clone()).unwrap();
         assert_eq!(status.conditions.unwrap().len(), 4);
     }

@@ -55,7 +55,8 @@ pub struct Thresholds {
 
 impl Thresholds {
     pub fn new(probe: &Probe, kind: ProbeKind) -> Self {
-        let positive = |v: Option<i32>, default: u32| v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(default);
+        let positive =
+            |v: Option<i32>, default: u32| v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(default);
         Self {
             success: positive(probe.success_threshold, 1),
             failure: positive(probe.failure_threshold, 3),
@@ -225,15 +226,13 @@ pub async fn http_get(
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| format!("Get \"{url}\": malformed HTTP response"))?;
-        if (200..400).contains(&code) {
-            Ok(())
-        } else {
-            Err(format!("HTTP probe failed with statuscode: {code}"))
-        }
+        if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)")),
+        Err(_) => {
+            Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"))
+        }
     }
 }
 
@@ -293,7 +292,10 @@ mod tests {
         let port = serve_once("200 OK").await;
         assert_eq!(http_get("127.0.0.1", port, "/healthz", &[], t).await, Ok(()));
         let port = serve_once("500 Internal Server Error").await;
-        assert_eq!(http_get("127.0.0.1", port, "/", &[], t).await, Err("HTTP probe failed with statuscode: 500".into()));
+        assert_eq!(
+            http_get("127.0.0.1", port, "/", &[], t).await,
+            Err("HTTP probe failed with statuscode: 500".into())
+        );
         let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
         assert!(http_get("127.0.0.1", port, "/", &[], t).await.is_err());
     }

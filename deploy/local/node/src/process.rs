@@ -195,7 +195,8 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let args = vec!["-c".to_string(), "echo out; echo err >&2; sleep 30 & exit 3".to_string()];
         let env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string())];
-        let spec = ProcessSpec { exe: Path::new("/bin/sh"), args: &args, env: &env, cwd: &dir, log: &log, label: "ns/p/c" };
+        let spec =
+            ProcessSpec { exe: Path::new("/bin/sh"), args: &args, env: &env, cwd: &dir, log: &log, label: "ns/p/c" };
         let pid = spawn(&spec, &pids, 2, 7, tx.clone()).unwrap();
         let ev = rx.recv().await.unwrap();
         assert_eq!((ev.slot, ev.generation, ev.exit), (2, 7, Exit { code: 3, signal: None }));
@@ -216,9 +217,12 @@ mod tests {
     #[tokio::test]
     async fn checks_time_out() {
         let dir = std::env::temp_dir();
-        let r = run_check(Path::new("/bin/sh"), &["-c".into(), "exit 0".into()], &[], &dir, Duration::from_secs(5)).await;
+        let r =
+            run_check(Path::new("/bin/sh"), &["-c".into(), "exit 0".into()], &[], &dir, Duration::from_secs(5)).await;
         assert_eq!(r.unwrap().code, 0);
-        let r = run_check(Path::new("/bin/sh"), &["-c".into(), "sleep 5".into()], &[], &dir, Duration::from_millis(100)).await;
+        let r =
+            run_check(Path::new("/bin/sh"), &["-c".into(), "sleep 5".into()], &[], &dir, Duration::from_millis(100))
+                .await;
         assert!(r.is_err());
     }
 }

@@ -3,9 +3,7 @@
 /// The value of `q` in base units, or `None` if it is not a quantity.
 pub fn parse(q: &str) -> Option<f64> {
     let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
+    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor = match suffix {

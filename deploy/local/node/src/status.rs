@@ -339,11 +339,7 @@ fn container_json(c: &ContainerView) -> Value {
 
 /// The `pods/status` strategic merge patch for the view, with each condition's
 /// `lastTransitionTime`.
-pub fn status_patch(
-    v: &PodView<'_>,
-    phase: &str,
-    conditions: &[(Condition, Timestamp)],
-) -> Value {
+pub fn status_patch(v: &PodView<'_>, phase: &str, conditions: &[(Condition, Timestamp)]) -> Value {
     let ip_list = |ip: Option<&str>| ip.map_or(Value::Null, |ip| json!([{"ip": ip}]));
     let (reason, message) = if v.deadline_exceeded {
         (json!("DeadlineExceeded"), json!("Pod was active on the node longer than the specified deadline"))

@@ -158,7 +158,8 @@ fn readiness_conditions() {
 #[test]
 fn init_and_gates() {
     let mut gated = pod("Always");
-    gated.spec.as_mut().unwrap().readiness_gates = Some(vec![serde_json::from_value(json!({"conditionType": "x/ok"})).unwrap()]);
+    gated.spec.as_mut().unwrap().readiness_gates =
+        Some(vec![serde_json::from_value(json!({"conditionType": "x/ok"})).unwrap()]);
     let init = [running("i")];
     let waiting = [c("a", State::waiting("PodInitializing", None)), c("b", State::waiting("PodInitializing", None))];
     let v = view(&gated, &init, &waiting, false);
@@ -174,7 +175,10 @@ fn init_and_gates() {
     assert!(find(&conds, "ContainersReady").status);
     let ready = find(&conds, "Ready");
     assert_eq!(ready.reason.as_deref(), Some("ReadinessGatesNotReady"));
-    assert_eq!(ready.message.as_deref(), Some("corresponding condition of pod readiness gate \"x/ok\" does not exist."));
+    assert_eq!(
+        ready.message.as_deref(),
+        Some("corresponding condition of pod readiness gate \"x/ok\" does not exist.")
+    );
     gated.status = Some(serde_json::from_value(json!({"conditions": [{"type": "x/ok", "status": "True"}]})).unwrap());
     let v = view(&gated, &init, &cs, false);
     assert!(find(&conditions(&v, phase(&v)), "Ready").status);

@@ -112,7 +112,8 @@ impl PodWorker {
         let mut slots: Vec<Slot> = init
             .into_iter()
             .map(|c| {
-                let kind = if c.restart_policy.as_deref() == Some("Always") { SlotKind::Sidecar } else { SlotKind::Init };
+                let kind =
+                    if c.restart_policy.as_deref() == Some("Always") { SlotKind::Sidecar } else { SlotKind::Init };
                 Slot::new(kind, c, "PodInitializing", now)
             })
             .chain(spec.containers.into_iter().map(|c| Slot::new(SlotKind::Regular, c, regular_reason, now)))
@@ -235,6 +236,9 @@ impl PodWorker {
     }
 
     fn cleanup(&mut self) {
+        for slot in &self.slots {
+            self.ctx.set_running(&format!("{}/{}/{}", self.namespace, self.name, slot.spec.name), false);
+        }
         if self.pooled_ip
             && let Some(ip) = self.pod_ip
             && ipam::in_pool(ip)
@@ -318,7 +322,13 @@ impl PodWorker {
                 self.stop_all(Ending::Deletion, self.pod_grace());
             } else if self.ending.is_none() && self.deadline_left().is_some_and(|d| d.is_zero()) {
                 self.deadline_exceeded = true;
-                self.ctx.event(&self.pod, None, true, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline".into());
+                self.ctx.event(
+                    &self.pod,
+                    None,
+                    true,
+                    "DeadlineExceeded",
+                    "Pod was active on the node longer than the specified deadline".into(),
+                );
                 self.stop_all(Ending::Deadline, self.pod_grace());
             }
         } else if self.pod.metadata.deletion_timestamp.is_some() {
@@ -369,7 +379,8 @@ impl PodWorker {
     /// completes; remaining sidecars are stopped first.
     fn check_completion(&mut self) {
         let regular_done = self.slots[self.n_init..].iter().all(Slot::is_final);
-        let init_failed = self.slots[..self.n_init].iter().any(|s| s.kind == SlotKind::Init && s.is_final() && !s.succeeded());
+        let init_failed =
+            self.slots[..self.n_init].iter().any(|s| s.kind == SlotKind::Init && s.is_final() && !s.succeeded());
         if !(regular_done || init_failed) {
             return;
         }
@@ -441,6 +452,7 @@ impl PodWorker {
             container_id: slot.view.container_id.clone(),
         };
         info!(pod = %label, container = %slot.spec.name, exit_code = ev.exit.code, "container exited");
+        self.ctx.set_running(&format!("{}/{}/{}", self.namespace, self.name, slot.spec.name), false);
         slot.exited(term, policy, terminating, now, &label);
         self.event_if_backoff(ev.slot);
     }
@@ -467,7 +479,8 @@ impl PodWorker {
             (ProbeKind::Readiness, ok) => run.readiness_ok = ok,
             (ProbeKind::Startup, true) => run.startup_ok = true,
             (ProbeKind::Startup | ProbeKind::Liveness, false) => {
-                let probe = if ev.kind == ProbeKind::Startup { &slot.spec.startup_probe } else { &slot.spec.liveness_probe };
+                let probe =
+                    if ev.kind == ProbeKind::Startup { &slot.spec.startup_probe } else { &slot.spec.liveness_probe };
                 let grace = probe
                     .as_ref()
                     .and_then(|p| p.termination_grace_period_seconds)
@@ -560,7 +573,11 @@ impl PodWorker {
             }
             Err(e) => {
                 // Gone, or replaced by another pod of the same name: the watch will tell.
-                debug!(pod = %self.label(), error = %e, "pod status not written");
+                if matches!(e.api_code(), Some(404 | 409)) {
+                    debug!(pod = %self.label(), error = %e, "pod status not written");
+                } else {
+                    warn!(pod = %self.label(), error = %e, "pod status rejected");
+                }
                 self.last_patch = Some(patch);
                 self.patch_retry = None;
             }

@@ -170,7 +170,14 @@ impl Slot {
 
     /// The container's process ended (or could not start). Decides what comes next: terminated
     /// for good, an immediate restart, or CrashLoopBackOff. `pod_label` is `name_namespace(uid)`.
-    pub fn exited(&mut self, term: Terminated, policy: RestartPolicy, terminating: bool, now: Instant, pod_label: &str) {
+    pub fn exited(
+        &mut self,
+        term: Terminated,
+        policy: RestartPolicy,
+        terminating: bool,
+        now: Instant,
+        pod_label: &str,
+    ) {
         self.run = None;
         self.last_exit = Some(now);
         self.view.ready = false;
@@ -187,8 +194,11 @@ impl Slot {
                 self.next_start = Some(now);
             }
             Some((end, delay)) => {
-                let message =
-                    format!("back-off {} restarting failed container={} pod={pod_label}", go_duration(delay), self.spec.name);
+                let message = format!(
+                    "back-off {} restarting failed container={} pod={pod_label}",
+                    go_duration(delay),
+                    self.spec.name
+                );
                 self.view.state = State::waiting("CrashLoopBackOff", Some(message));
                 self.next_start = Some(end);
             }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::slot::Run;
 use super::{Creds, PodWorker};
@@ -50,8 +50,15 @@ impl PodWorker {
                 true
             }
             Err(e) => {
-                let delay = self.sandbox_retry.map_or(Duration::from_millis(250), |(_, d)| (d * 2).min(SANDBOX_RETRY_MAX));
-                warn!(pod = %self.label(), error = %e, retry_in = ?delay, "setting up pod");
+                let delay =
+                    self.sandbox_retry.map_or(Duration::from_millis(250), |(_, d)| (d * 2).min(SANDBOX_RETRY_MAX));
+                // The first failures are often races (the API server's admission has not seen the
+                // pod's binding yet when the token is requested); only persistent ones are news.
+                if delay >= Duration::from_secs(2) {
+                    warn!(pod = %self.label(), error = %e, retry_in = ?delay, "setting up pod");
+                } else {
+                    debug!(pod = %self.label(), error = %e, retry_in = ?delay, "setting up pod");
+                }
                 self.sandbox_retry = Some((now + delay, delay));
                 false
             }
@@ -73,7 +80,8 @@ impl PodWorker {
     }
 
     async fn write_creds(&mut self) -> Result<(), String> {
-        let token = self.ctx.request_token(&self.pod).await.map_err(|e| format!("requesting service account token: {e}"))?;
+        let token =
+            self.ctx.request_token(&self.pod).await.map_err(|e| format!("requesting service account token: {e}"))?;
         let sa_dir = self.dir.join("serviceaccount");
         std::fs::create_dir_all(&sa_dir).map_err(|e| format!("creating {}: {e}", sa_dir.display()))?;
         let token_file = sa_dir.join("token");
@@ -120,7 +128,9 @@ impl PodWorker {
         self.slots[i].next_start = None;
         let spec = self.slots[i].spec.clone();
         let image_name = spec.image.clone().unwrap_or_default();
-        if let Err(LaunchError::ImagePull(msg)) = image::check_image(&image_name, &self.ctx.bin_dir, &image::is_executable) {
+        if let Err(LaunchError::ImagePull(msg)) =
+            image::check_image(&image_name, &self.ctx.bin_dir, &image::is_executable)
+        {
             self.pull_failed(i, msg, now);
             return;
         }
@@ -164,11 +174,12 @@ impl PodWorker {
         let path = full_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
 
         self.slots[i].starting(now);
-        let launch = match image::plan_launch(&image_name, &command, &args, &self.ctx.bin_dir, &path, image::is_executable) {
-            Ok(l) => l,
-            Err(LaunchError::ImagePull(msg)) => return self.pull_failed(i, msg, now),
-            Err(LaunchError::Start(msg)) => return self.start_failed(i, msg, now),
-        };
+        let launch =
+            match image::plan_launch(&image_name, &command, &args, &self.ctx.bin_dir, &path, image::is_executable) {
+                Ok(l) => l,
+                Err(LaunchError::ImagePull(msg)) => return self.pull_failed(i, msg, now),
+                Err(LaunchError::Start(msg)) => return self.start_failed(i, msg, now),
+            };
         let work = self.dir.join("work");
         let cwd = match spec.working_dir.as_deref().filter(|d| !d.is_empty()) {
             Some(d) if std::path::Path::new(d).is_dir() => d.into(),
@@ -181,13 +192,15 @@ impl PodWorker {
         let log = self.ctx.log_file(&self.namespace, &self.name, &spec.name);
         let label = format!("{}/{}/{}", self.namespace, self.name, spec.name);
         self.generation += 1;
-        let process_spec = ProcessSpec { exe: &launch.exe, args: &launch.args, env: &full_env, cwd: &cwd, log: &log, label: &label };
+        let process_spec =
+            ProcessSpec { exe: &launch.exe, args: &launch.args, env: &full_env, cwd: &cwd, log: &log, label: &label };
         let pid = match process::spawn(&process_spec, &self.ctx.pids_dir, i, self.generation, self.exits_tx.clone()) {
             Ok(pid) => pid,
             Err(e) => return self.start_failed(i, format!("failed to start {}: {e}", launch.exe.display()), now),
         };
         info!(pod = %self.label(), container = %spec.name, pid, exe = %launch.exe.display(), "container started");
         self.event(i, false, "Started", format!("Started container {}", spec.name));
+        self.ctx.set_running(&label, true);
         let target = Arc::new(probe::Target {
             pod_ip,
             ports: spec.ports.clone().unwrap_or_default(),
@@ -267,7 +280,8 @@ impl PodWorker {
         };
         for (kind, probe) in probes {
             let Some(probe) = probe else { continue };
-            let task = tokio::spawn(probe::run(kind, probe, run.target.clone(), i, run.generation, self.probes_tx.clone()));
+            let task =
+                tokio::spawn(probe::run(kind, probe, run.target.clone(), i, run.generation, self.probes_tx.clone()));
             run.probes.push(task.abort_handle());
         }
     }
