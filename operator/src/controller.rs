@@ -207,9 +207,9 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
     }
     let current = act.status.clone().unwrap_or_default();
     if plan.status != current {
-        write_status(&acts, &name, &plan.status).await?;
+        let written = write_status(&acts, &name, &plan.status).await?;
         ctx.metrics.write("status");
-        if let Some(rv) = act.resource_version() {
+        if let Some(rv) = act.resource_version().filter(|rv| written.resource_version().as_ref() != Some(rv)) {
             lock(&ctx.stale).insert(key.clone(), (rv, Instant::now() + Duration::from_secs(5)));
         }
     }
@@ -287,7 +287,7 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
 }
 
 /// Server-side apply of the operator's part of the status.
-async fn write_status(acts: &Api<Activity>, name: &str, status: &ActivityStatus) -> Result<(), Error> {
+async fn write_status(acts: &Api<Activity>, name: &str, status: &ActivityStatus) -> Result<Activity, Error> {
     let mut value = serde_json::to_value(status).map_err(Error::Serialize)?;
     if let Some(fields) = value.as_object_mut() {
         for field in WORKER_FIELDS {
@@ -297,8 +297,7 @@ async fn write_status(acts: &Api<Activity>, name: &str, status: &ActivityStatus)
     let patch = json!({ "apiVersion": Activity::api_version(&()), "kind": Activity::kind(&()), "status": value });
     acts.patch_status(name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map_err(kube_err("write status"))?;
-    Ok(())
+        .map_err(kube_err("write status"))
 }
 
 /// Adds our finalizer, guarded by the resourceVersion so no concurrent change is lost.

@@ -500,3 +500,18 @@ async fn bad_manifests_are_refused_naming_the_field() {
         assert!(stderr.contains(field), "case {i}: the message names {field}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn exit_zero_succeeds_and_ttl_deletes_the_finished_activity() {
+    let s = Scenario::new("op-ttl").await;
+    s.create("quick", json!({"startToCloseTimeout": "1m", "ttlSecondsAfterFinished": 2, "template": shell("true")}))
+        .await;
+    let a = s.wait_phase("quick", Phase::Succeeded, 60).await;
+    let st = status(&a);
+    assert_eq!(st.result, None, "exit 0 without an outcome is success with no result");
+    let closed = st.closed_time.expect("closedTime").0;
+    s.wait_gone("quick", 60).await;
+    let gone_at = k8s_openapi::jiff::Timestamp::now();
+    assert!(gone_at.duration_since(closed) >= k8s_openapi::jiff::SignedDuration::from_secs(2), "not before the TTL");
+    s.finish().await;
+}
