@@ -368,6 +368,21 @@ async fn probes_drive_readiness_and_restarts() -> anyhow::Result<()> {
     ns.delete().await
 }
 
+#[tokio::test]
+async fn kubectl_logs_reads_the_container_log_through_the_node() -> anyhow::Result<()> {
+    let ns = TestNs::new("node-logs").await?;
+    create(&ns, &sh_pod("talk", "Never", "echo first; echo second; echo third")).await?;
+    wait_pod(&ns, "talk", Duration::from_secs(60), "Succeeded", |p| phase(p) == "Succeeded").await?;
+    let all = activity_tests::kubectl(&["-n", &ns.name, "logs", "talk"])?;
+    assert_eq!(all, "first\nsecond\nthird\n");
+    let tail = activity_tests::kubectl(&["-n", &ns.name, "logs", "talk", "--tail=1"])?;
+    assert_eq!(tail, "third\n");
+    // Following a finished container ends at once.
+    let follow = activity_tests::kubectl(&["-n", &ns.name, "logs", "-f", "talk"])?;
+    assert_eq!(follow, all);
+    ns.delete().await
+}
+
 /// 500 sleeping pods all reach Running. Slow and heavy (about a minute and 500 processes), so it
 /// is ignored by default; run it by hand:
 /// `cargo test -p activity-tests --test node -- --ignored --nocapture five_hundred`.

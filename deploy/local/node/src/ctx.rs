@@ -26,7 +26,10 @@ pub const API_CONCURRENCY: usize = 32;
 
 /// Shared state of the node.
 pub struct NodeCtx {
+    /// For requests (bounded read timeout).
     pub client: Client,
+    /// For the pod watch (no read timeout).
+    pub watch_client: Client,
     pub node_name: String,
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,

@@ -55,12 +55,18 @@ fn mkdir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| Error::io("creating", p, e))
 }
 
-/// An API client from a kubeconfig file.
-pub async fn client_from(path: &Path) -> Result<Client> {
+/// Requests (other than watches) that take longer fail and are retried: a hung request must not
+/// stall the lease renewal or a pod.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An API client from a kubeconfig file; `read_timeout` bounds each read of a response (leave it
+/// unset for watches).
+pub async fn client_from(path: &Path, read_timeout: Option<Duration>) -> Result<Client> {
     let kc = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig { path: path.into(), source })?;
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| Error::ClientConfig(e.to_string()))?;
+    config.read_timeout = read_timeout;
     Client::try_from(config).map_err(Error::from)
 }
 
@@ -98,7 +104,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
     if leftovers > 0 {
         warn!(leftovers, "killed processes of an earlier run");
     }
-    let client = client_from(&settings.kubeconfig).await?;
+    let client = client_from(&settings.kubeconfig, Some(REQUEST_TIMEOUT)).await?;
+    let watch_client = client_from(&settings.kubeconfig, None).await?;
     let access = creds::ClusterAccess::from_kubeconfig(&settings.kubeconfig)?;
     let version = with_retry("reading the API server version", Duration::from_secs(60), || async {
         Ok(client.apiserver_version().await?)
@@ -120,27 +127,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
         }
     };
     let kubelet_port = kubelet_api.as_ref().and_then(|(l, _)| l.local_addr().ok()).map_or(0, |a| a.port());
-    let host = node::HostInfo::read();
-    let since = Timestamp::now();
-    let node_uid = with_retry("registering the node", Duration::from_secs(60), || {
-        node::register(&client, &settings.node_name, &version, &host, kubelet_port, since)
-    })
-    .await?;
-    info!(node = %settings.node_name, %version, "node ready");
-    let heartbeat = tokio::spawn(node::heartbeat(
-        client.clone(),
-        settings.node_name.clone(),
+    let id = node::Identity {
+        name: settings.node_name.clone(),
         version,
-        host,
+        host: node::HostInfo::read(),
         kubelet_port,
-        node_uid,
-        since,
-        shutdown.clone(),
-    ));
+        since: Timestamp::now(),
+    };
+    let node_uid = with_retry("registering the node", Duration::from_secs(60), || node::register(&client, &id)).await?;
+    info!(node = %id.name, version = %id.version, "node ready");
+    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), id, node_uid, shutdown.clone()));
     let reporter = Reporter { controller: "kubelet".into(), instance: Some(settings.node_name.clone()) };
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(ctx::NodeCtx {
         client,
+        watch_client,
         node_name: settings.node_name,
         state_dir,
         log_dir,

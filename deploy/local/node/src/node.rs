@@ -61,6 +61,19 @@ impl HostInfo {
     }
 }
 
+/// What the node reports about itself.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    /// The API server's version, reported as the kubelet's.
+    pub version: String,
+    pub host: HostInfo,
+    /// Port of the kubelet API (0: none).
+    pub kubelet_port: u16,
+    /// When the node became ready.
+    pub since: Timestamp,
+}
+
 /// The Node object registered at start.
 pub fn node_object(name: &str, host: &HostInfo) -> Result<Node> {
     Ok(serde_json::from_value(json!({
@@ -80,7 +93,8 @@ pub fn node_object(name: &str, host: &HostInfo) -> Result<Node> {
 }
 
 /// The `nodes/status` body: Ready with a fresh heartbeat, resources, addresses, nodeInfo.
-pub fn status_patch(version: &str, host: &HostInfo, kubelet_port: u16, since: Timestamp, now: Timestamp) -> Value {
+pub fn status_patch(id: &Identity, now: Timestamp) -> Value {
+    let (version, host, since) = (&id.version, &id.host, id.since);
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
         json!({
             "type": type_, "status": status, "reason": reason, "message": message,
@@ -104,7 +118,7 @@ pub fn status_patch(version: &str, host: &HostInfo, kubelet_port: u16, since: Ti
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": "localhost"},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": id.kubelet_port}},
             "nodeInfo": {
                 "machineID": host.machine_id,
                 "systemUUID": host.machine_id,
@@ -139,16 +153,10 @@ fn lease_object(name: &str, node_uid: Option<&str>, now: Timestamp) -> Result<Le
 }
 
 /// Registers (creates or updates) the node and writes its status. Returns the node's uid.
-pub async fn register(
-    client: &Client,
-    name: &str,
-    version: &str,
-    host: &HostInfo,
-    kubelet_port: u16,
-    since: Timestamp,
-) -> Result<Option<String>> {
+pub async fn register(client: &Client, id: &Identity) -> Result<Option<String>> {
+    let name = id.name.as_str();
     let nodes: Api<Node> = Api::all(client.clone());
-    let wanted = node_object(name, host)?;
+    let wanted = node_object(name, &id.host)?;
     let node = match nodes.create(&PostParams::default(), &wanted).await {
         Ok(node) => {
             info!(node = name, "registered node");
@@ -162,23 +170,15 @@ pub async fn register(
         }
         Err(e) => return Err(e.into()),
     };
-    let patch = status_patch(version, host, kubelet_port, since, Timestamp::now());
+    let patch = status_patch(id, Timestamp::now());
     nodes.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)).await?;
     Ok(node.metadata.uid)
 }
 
 /// Renews the lease every [`LEASE_RENEW`] and refreshes the node status every
 /// [`STATUS_REFRESH`] until cancelled.
-pub async fn heartbeat(
-    client: Client,
-    name: String,
-    version: String,
-    host: HostInfo,
-    kubelet_port: u16,
-    node_uid: Option<String>,
-    since: Timestamp,
-    cancel: CancellationToken,
-) {
+pub async fn heartbeat(client: Client, id: Identity, node_uid: Option<String>, cancel: CancellationToken) {
+    let name = id.name.clone();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
     let mut current: Option<Lease> = None;
@@ -189,7 +189,7 @@ pub async fn heartbeat(
             current = None;
         }
         if last_status.elapsed() >= STATUS_REFRESH {
-            let patch = status_patch(&version, &host, kubelet_port, since, Timestamp::now());
+            let patch = status_patch(&id, Timestamp::now());
             match nodes.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch)).await {
                 Ok(_) => last_status = tokio::time::Instant::now(),
                 Err(e) => warn!(error = %e, "updating node status"),
@@ -230,9 +230,15 @@ mod tests {
 
     #[test]
     fn status_has_ready_and_resources() {
-        let host = HostInfo { arch: "amd64", ..Default::default() };
         let t = Timestamp::from_second(1_700_000_000).unwrap();
-        let p = status_patch("v1.36.3", &host, 10250, t, t);
+        let id = Identity {
+            name: "local-node".into(),
+            version: "v1.36.3".into(),
+            host: HostInfo { arch: "amd64", ..Default::default() },
+            kubelet_port: 10250,
+            since: t,
+        };
+        let p = status_patch(&id, t);
         let conditions = p["status"]["conditions"].as_array().unwrap();
         let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!(ready["status"], "True");

@@ -95,7 +95,7 @@ impl Supervisor {
 
 /// Runs the pods of this node until the node shuts down, then waits for their processes.
 pub async fn run(ctx: Arc<NodeCtx>) {
-    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let api: Api<Pod> = Api::all(ctx.watch_client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let mut events = watcher::watcher(api, config)
         .default_backoff()
