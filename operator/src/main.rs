@@ -145,10 +145,17 @@ async fn main() -> anyhow::Result<()> {
         let mut watch = is_leader.clone();
         {
             let lost = lost.clone();
+            // Ends on shutdown too: it holds a receiver, and the lease is released only once every
+            // receiver is gone.
             tokio::spawn(async move {
-                if watch.wait_for(|leader| !*leader).await.is_ok() {
-                    error!("lost leadership: stopping");
-                    lost.cancel();
+                tokio::select! {
+                    _ = lost.cancelled() => {}
+                    changed = watch.wait_for(|leader| !*leader) => {
+                        if changed.is_ok() {
+                            error!("lost leadership: stopping");
+                            lost.cancel();
+                        }
+                    }
                 }
             });
         }

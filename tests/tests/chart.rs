@@ -180,6 +180,39 @@ fn manifests_are_rendered_from_the_chart() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The objects of a YAML file as JSON (kubectl's client-side parsing).
+fn objects(file: &str) -> anyhow::Result<Vec<Value>> {
+    let json = kubectl(&["create", "--dry-run=client", "-o", "json", "-f", file])?;
+    Ok(serde_json::Deserializer::from_str(&json).into_iter::<Value>().collect::<Result<_, _>>()?)
+}
+
+/// The rules of the one Role in `objects`.
+fn role_rules(objects: &[Value]) -> anyhow::Result<Value> {
+    let roles: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Role").collect();
+    match roles.as_slice() {
+        [role] => Ok(role["rules"].clone()),
+        _ => bail!("expected one Role, found {}", roles.len()),
+    }
+}
+
+#[test]
+fn worker_role_is_the_worker_images_role() -> anyhow::Result<()> {
+    let reference = objects("worker-image/rbac/worker-role.yaml")?;
+    let rendered = helm(&["template", "w", CHART, "--namespace", "ops", "--show-only", "templates/worker-rbac.yaml"])?;
+    let file = TempFile::write("chart-worker-rbac", &rendered)?;
+    let chart = objects(file.path())?;
+    assert_eq!(role_rules(&chart)?, role_rules(&reference)?, "the chart's worker Role must mirror worker-role.yaml");
+    let kinds =
+        |objs: &[Value]| objs.iter().map(|o| (o["kind"].clone(), o["metadata"]["name"].clone())).collect::<Vec<_>>();
+    assert_eq!(kinds(&chart), kinds(&reference), "the same objects, with the same names");
+    let binding = chart.iter().find(|o| o["kind"] == "RoleBinding").context("no RoleBinding")?;
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "activity-worker", "namespace": "default"}])
+    );
+    Ok(())
+}
+
 /// The Activity CRD, applied the way the other tests do (idempotent server-side apply), so the
 /// chart's CRD step finds it installed and never races another test's apply.
 fn ensure_crd() -> anyhow::Result<()> {
@@ -211,7 +244,8 @@ async fn rendered_chart_is_accepted_by_the_api_server() -> anyhow::Result<()> {
         let rendered = helm(&args)?;
         let file = TempFile::write("chart-dry", &rendered)?;
         let out = kubectl(&["apply", "--dry-run=server", "-f", file.path()])?;
-        for object in ["deployment.apps/dry-activity-operator", "serviceaccount/activity-worker", "lease.coordination"] {
+        for object in ["deployment.apps/dry-activity-operator", "serviceaccount/activity-worker", "lease.coordination"]
+        {
             assert!(out.contains(object), "dry run output lacks {object}: {out}");
         }
     }
@@ -254,7 +288,12 @@ fn phase(obj: &DynamicObject) -> &str {
 }
 
 /// Waits for the activity to reach `want`; fails early on another terminal phase.
-async fn wait_phase(api: &Api<DynamicObject>, name: &str, want: &str, timeout: Duration) -> anyhow::Result<DynamicObject> {
+async fn wait_phase(
+    api: &Api<DynamicObject>,
+    name: &str,
+    want: &str,
+    timeout: Duration,
+) -> anyhow::Result<DynamicObject> {
     wait_for(timeout, &format!("activity {name} {want}"), || async {
         let obj = api.get(name).await?;
         let p = phase(&obj);
@@ -311,8 +350,8 @@ impl Release {
         Ok(leases.get(&self.fullname).await?.spec.and_then(|s| s.holder_identity))
     }
 
-    /// Waits for `replicas` Ready pods (none terminating) of which exactly one holds the Lease and
-    /// satisfies `accept`; returns (leader, ready pods).
+    /// Waits until the release has exactly two pods, both Ready (none terminating) and satisfying
+    /// `accept`, and one of them holds the Lease; returns (leader, pods).
     async fn wait_leader(
         &self,
         timeout: Duration,
@@ -345,13 +384,7 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
     // The operator's pods must meet the restricted Pod Security Standard.
     kubectl(&["label", "namespace", &ns.name, "pod-security.kubernetes.io/enforce=restricted"])?;
     let name = format!("op-{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let release = Release {
-        fullname: format!("{name}-activity-operator"),
-        name,
-        client: client().await?,
-        ns,
-        watched,
-    };
+    let release = Release { fullname: format!("{name}-activity-operator"), name, client: client().await?, ns, watched };
     let rel = &release.name;
     let relns = release.ns.name.clone();
     let watched_ns = release.watched.name.clone();
@@ -512,4 +545,3 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
     watched.delete().await?;
     ns.delete().await
 }
-
