@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use activity_crds::{ActivitySpec, DurationError, parse_duration};
+use activity_crds::{ActivitySpec, DurationError, MAX_PAYLOAD_BYTES, parse_duration};
 
 /// Every setting of one Activity, defaults applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +84,12 @@ impl Settings {
             Some(s) => Some(Duration::from_secs(s.unsigned_abs())),
             None => None,
         };
+        if let Some(input) = &spec.input {
+            let size = serde_json::to_vec(input).map(|b| b.len()).unwrap_or(usize::MAX);
+            if size > MAX_PAYLOAD_BYTES {
+                return Err(invalid("input", format!("is {size} bytes serialized; at most {MAX_PAYLOAD_BYTES}")));
+            }
+        }
         let policy = spec.retry_policy.clone().unwrap_or_default();
         let initial_interval = duration("retryPolicy.initialInterval", policy.initial_interval.as_ref())?
             .unwrap_or(DEFAULT_INITIAL_INTERVAL);
@@ -213,6 +219,7 @@ mod tests {
                 serde_json::json!({"startToCloseTimeout": "1m", "ttlSecondsAfterFinished": -3}),
                 "spec.ttlSecondsAfterFinished",
             ),
+            (serde_json::json!({"startToCloseTimeout": "1m", "input": "x".repeat(MAX_PAYLOAD_BYTES)}), "spec.input"),
         ];
         for (json, field) in cases {
             let err = Settings::from_spec(&spec(json.clone())).expect_err(&json.to_string());
