@@ -166,9 +166,19 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     if tokio::time::timeout(Duration::from_secs(30), ctx.pods.wait_until_ready()).await.is_err() {
         return Err(Error::PodCacheNotReady);
     }
+    let pods = ctx.pods_of(&act);
+    let act = if planner::exit_needs_fresh_read(&act, &pods) {
+        let api: Api<Activity> = Api::namespaced(ctx.client.clone(), &act.namespace().unwrap_or_default());
+        match api.get_opt(&act.name_any()).await.map_err(kube_err("get activity"))? {
+            Some(fresh) => Arc::new(fresh),
+            None => return Ok(Requeue::await_change()),
+        }
+    } else {
+        act
+    };
     let now = Timestamp::now();
     ctx.observe_heartbeat(&key, &act, now);
-    let plan = planner::plan(&act, &ctx.pods_of(&act), now);
+    let plan = planner::plan(&act, &pods, now);
     let result = execute(&act, plan, &ctx, &key).await;
     ctx.metrics.observe_reconcile(started.elapsed());
     if result.is_ok() {

@@ -121,6 +121,19 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
     Plan { status: p.status, actions: p.actions, events: p.events, requeue_after }
 }
 
+/// Whether the current attempt's worker has exited while no outcome of that attempt is in
+/// `activity`. A worker writes its outcome *before* it exits, but the pod watch and the Activity
+/// watch are separate streams: the exit may be seen first. Before judging the attempt by its exit
+/// code, the controller then reads the Activity afresh (a quorum read sees the outcome if there is one).
+pub fn exit_needs_fresh_read(activity: &Activity, pods: &[PodView]) -> bool {
+    let Some(status) = activity.status.as_ref() else { return false };
+    let (Some(attempt), Some(pod)) = (status.attempt, status.pod_name.as_deref()) else { return false };
+    let live = matches!(status.phase, Some(Phase::Pending | Phase::Running | Phase::Canceling));
+    let reported = status.outcome.as_ref().is_some_and(|o| o.attempt == attempt);
+    let exited = pods.iter().any(|p| p.name == pod && !p.worker.is_live());
+    live && exited && !reported
+}
+
 /// The API server refused the attempt's pod (e.g. an invalid template): the activity fails at
 /// once, not retried, with the API server's message (retrying the same template cannot help).
 pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, api_message: &str, now: Timestamp) -> Plan {

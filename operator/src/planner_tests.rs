@@ -528,3 +528,15 @@ fn status_times_round_up_to_the_microsecond() {
     let exact = Timestamp::from_nanosecond(1_800_000_000_123_456_000).unwrap();
     assert_eq!(time(exact).0, exact);
 }
+
+#[test]
+fn an_exit_without_an_outcome_asks_for_a_fresh_read_first() {
+    let a = running_activity(seed(), 1, 1_000);
+    assert!(exit_needs_fresh_read(&a, &[exited(1, Some(0), "Completed", false)]));
+    assert!(!exit_needs_fresh_read(&a, &[running(1, 0)]), "still running");
+    let ok = Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false };
+    assert!(!exit_needs_fresh_read(&with_outcome(a.clone(), ok), &[exited(1, Some(0), "Completed", false)]));
+    let mut done = a;
+    done.status.as_mut().unwrap().phase = Some(Phase::Succeeded);
+    assert!(!exit_needs_fresh_read(&done, &[exited(1, Some(0), "Completed", false)]), "already judged");
+}
