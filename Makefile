@@ -66,3 +66,18 @@ dev: build
 	echo "Watch the activities with:"; \
 	echo "  $$bin/kubectl --kubeconfig $(KUBECONFIG_LOCAL) get activities -A -w"; \
 	echo "or set up a shell with: eval \"\$$($(CLUSTER) env)\""
+
+# Benchmarks (tests/bench, not part of `make test`): every scenario at its full size against a
+# cluster of its own (state in $(BENCH_LOCAL), started and stopped here unless it already ran),
+# then docs/benchmarks.md is regenerated. BENCH_ARGS passes options to `activity-bench report`.
+BENCH_LOCAL ?= /tmp/activity-bench
+BENCH_ARGS ?=
+.PHONY: bench
+bench: build
+	cargo build -p activity-bench --release
+	@started=0; \
+	if ! ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) $(CLUSTER) running; then started=1; fi; \
+	stop() { if [[ $$started == 1 ]]; then echo "make bench: stopping the bench cluster"; ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) $(CLUSTER) down; fi; }; \
+	trap stop EXIT; \
+	ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) ACTIVITY_NODE_BUILD=0 $(CLUSTER) up; \
+	ACTIVITY_BIN_DIR=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug KUBECONFIG=$(BENCH_LOCAL)/kubeconfig cargo run -q -p activity-bench --release -- report $(BENCH_ARGS)

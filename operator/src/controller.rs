@@ -241,8 +241,7 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
                         write_status(&acts, &name, &rejected.status).await?;
                         ctx.metrics.write("status");
                         publish(ctx, act, &rejected.events).await;
-                        if rejected.has(&Action::RemoveFinalizer) {
-                            remove_finalizer(&acts, &name).await?;
+                        if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, &name).await? {
                             ctx.metrics.write("finalizer");
                         }
                         return Ok(Requeue::await_change());
@@ -272,8 +271,9 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
         }
     }
     if plan.has(&Action::RemoveFinalizer) {
-        remove_finalizer(&acts, &name).await?;
-        ctx.metrics.write("finalizer");
+        if remove_finalizer(&acts, &name).await? {
+            ctx.metrics.write("finalizer");
+        }
         ctx.forget(key);
     }
     if plan.has(&Action::DeleteActivity) {
@@ -320,14 +320,14 @@ async fn add_finalizer(acts: &Api<Activity>, act: &Activity) -> Result<(), Error
     Ok(())
 }
 
-/// Removes our finalizer with a JSON patch that tests its position first.
-async fn remove_finalizer(acts: &Api<Activity>, name: &str) -> Result<(), Error> {
+/// Removes our finalizer with a JSON patch that tests its position first. Returns whether it wrote.
+async fn remove_finalizer(acts: &Api<Activity>, name: &str) -> Result<bool, Error> {
     let fresh = match acts.get_opt(name).await.map_err(kube_err("get activity"))? {
         Some(a) => a,
-        None => return Ok(()),
+        None => return Ok(false),
     };
     let Some(index) = fresh.finalizers().iter().position(|f| f == FINALIZER) else {
-        return Ok(());
+        return Ok(false);
     };
     let path = format!("/metadata/finalizers/{index}");
     let patch: json_patch::Patch = serde_json::from_value(json!([
@@ -337,8 +337,8 @@ async fn remove_finalizer(acts: &Api<Activity>, name: &str) -> Result<(), Error>
     .map_err(Error::Serialize)?;
     let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
     match acts.patch(name, &params, &Patch::<()>::Json(patch)).await {
-        Ok(_) => Ok(()),
-        Err(e) if api_code(&e) == Some(404) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if api_code(&e) == Some(404) => Ok(false),
         Err(e) => Err(kube_err("remove finalizer")(e)),
     }
 }

@@ -1,0 +1,466 @@
+//! Benchmarks of the operator on a local control plane, side by side with the Job controller of
+//! the same cluster (`kube-controller-manager`). Each scenario run gets its own namespace and its
+//! own operator process (`target/debug/activity-operator --namespace <ns>`), so runs never share
+//! an operator or objects. The cluster is the one of the kubeconfig given (`KUBECONFIG`).
+//!
+//! Scenarios (see `docs/benchmarks.md` for the numbers and how to read them):
+//! - `deadline`: activities whose workers never heartbeat, from each deadline to the watch showing
+//!   `TimedOut`; Jobs with `activeDeadlineSeconds`, from `startTime + activeDeadlineSeconds` to the
+//!   watch showing `FailureTarget`/`Failed` with reason `DeadlineExceeded`.
+//! - `throughput`: N trivial activities (and N trivial Jobs) created at once: time until every
+//!   pod exists and until every one succeeded.
+//! - `writes`: the operator's API writes per attempt and per heartbeat (from its `/metrics`),
+//!   heartbeat PATCH latency, the operator's RSS idle and with N live activities.
+//!
+//! Every scenario checks correctness (each object ends in the expected state) and fails otherwise;
+//! the `--quick` sizes are what the smoke test (`tests/quick.rs`) runs.
+
+pub mod scenarios;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Client, Config, Resource, ResourceExt};
+use serde::Deserialize;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Directory of the operator binary the benchmark runs: `$ACTIVITY_BIN_DIR`, else
+/// `<repo>/target/debug` (the build the process node runs too; `CARGO_TARGET_DIR` is ignored on
+/// purpose, so that iterating on the bench with another target dir still runs the repo's build).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("ACTIVITY_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/debug"))
+}
+
+/// Seconds since the Unix epoch, now (microsecond resolution).
+pub fn now() -> f64 {
+    k8s_openapi::jiff::Timestamp::now().as_microsecond() as f64 / 1e6
+}
+
+/// Seconds since the Unix epoch of an API timestamp.
+pub fn secs(t: &k8s_openapi::jiff::Timestamp) -> f64 {
+    t.as_microsecond() as f64 / 1e6
+}
+
+/// The cluster of one kubeconfig.
+#[derive(Clone)]
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub client: Client,
+}
+
+impl Cluster {
+    /// A client for the kubeconfig at `path`.
+    pub async fn connect(path: &Path) -> anyhow::Result<Self> {
+        let kubeconfig =
+            Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        config.read_timeout = Some(Duration::from_secs(300));
+        Ok(Self { kubeconfig: path.to_path_buf(), client: Client::try_from(config)? })
+    }
+
+    /// The cluster of `$KUBECONFIG`, else `<repo>/.local/kubeconfig`.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let path =
+            std::env::var_os("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".local/kubeconfig"));
+        Self::connect(&path).await
+    }
+
+    /// Where logs of this cluster go: `logs/` beside the kubeconfig (the cluster's state dir).
+    pub fn log_dir(&self) -> PathBuf {
+        self.kubeconfig.parent().unwrap_or(Path::new("/tmp")).join("logs")
+    }
+
+    /// Applies the Activity CRD (server-side apply) and waits until it is Established.
+    pub async fn ensure_crd(&self) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(repo_root().join("crds/activity.yaml"))?;
+        let crd: CustomResourceDefinition = serde_norway::from_str(&text).context("parsing crds/activity.yaml")?;
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("activity-bench").force(), &Patch::Apply(&crd)).await?;
+        wait_for(Duration::from_secs(60), "CRD Established", || async {
+            let crd = api.get(&name).await?;
+            let ok = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            Ok(ok.then_some(()))
+        })
+        .await
+    }
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, for at most `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > timeout {
+            match last_err {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One scenario run's namespace (with the worker service account and Role) and its operator.
+pub struct Bench {
+    pub cluster: Cluster,
+    pub ns: String,
+    pub op: Operator,
+}
+
+impl Bench {
+    /// Creates `<prefix>-<random>`, the worker RBAC in it, and starts an operator for it.
+    pub async fn new(cluster: &Cluster, prefix: &str) -> anyhow::Result<Self> {
+        cluster.ensure_crd().await?;
+        let client = cluster.client.clone();
+        let ns = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let obj: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": ns, "labels": {"activity-bench": "true"}}
+        }))?;
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &obj).await?;
+        let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        wait_for(Duration::from_secs(30), "default service account", || async { Ok(sa.get_opt("default").await?) })
+            .await?;
+        worker_rbac(&client, &ns).await?;
+        let op = Operator::start(cluster, &ns).await?;
+        Ok(Self { cluster: cluster.clone(), ns, op })
+    }
+
+    pub fn client(&self) -> Client {
+        self.cluster.client.clone()
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client(), &self.ns)
+    }
+
+    /// Deletes every Activity (the operator removes their finalizers), stops the operator and
+    /// deletes the namespace (waiting for it to be gone, at most `wait`).
+    pub async fn finish(mut self, wait: Duration) -> anyhow::Result<()> {
+        let acts: Api<activity_crds::Activity> = self.api();
+        let _ = acts.delete_collection(&DeleteParams::background(), &Default::default()).await;
+        let _ = wait_for(Duration::from_secs(120), "activities deleted", || async {
+            Ok(acts.list_metadata(&Default::default()).await?.items.is_empty().then_some(()))
+        })
+        .await;
+        self.op.kill();
+        let nss: Api<Namespace> = Api::all(self.client());
+        nss.delete(&self.ns, &DeleteParams::background()).await?;
+        let _ =
+            wait_for(wait, "namespace deleted", || async { Ok(nss.get_opt(&self.ns).await?.is_none().then_some(())) })
+                .await;
+        Ok(())
+    }
+}
+
+/// The worker service account, Role and RoleBinding of `worker-image/rbac/worker-role.yaml` in `ns`.
+pub async fn worker_rbac(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(repo_root().join("worker-image/rbac/worker-role.yaml"))?;
+    let pp = PatchParams::apply("activity-bench").force();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let value = serde_json::Value::deserialize(doc)?;
+        let name = value["metadata"]["name"].as_str().context("worker RBAC object without a name")?.to_string();
+        match value["kind"].as_str() {
+            Some("ServiceAccount") => {
+                let obj: ServiceAccount = serde_json::from_value(value)?;
+                Api::<ServiceAccount>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&obj)).await?;
+            }
+            Some("Role") => {
+                let obj: Role = serde_json::from_value(value)?;
+                Api::<Role>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&obj)).await?;
+            }
+            Some("RoleBinding") => {
+                let obj: RoleBinding = serde_json::from_value(value)?;
+                Api::<RoleBinding>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&obj)).await?;
+            }
+            other => bail!("unexpected kind {other:?} in worker-role.yaml"),
+        }
+    }
+    Ok(())
+}
+
+/// The operator for one namespace, as a host process; killed on drop.
+pub struct Operator {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `activity-operator --namespace <ns>` and waits until `/readyz` answers.
+    pub async fn start(cluster: &Cluster, ns: &str) -> anyhow::Result<Self> {
+        let exe = bin_dir().join("activity-operator");
+        if !exe.exists() {
+            bail!("{} does not exist: run `cargo build --workspace --bins` first", exe.display());
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let logs = cluster.log_dir();
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("bench-operator-{ns}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(&exe)
+            .args(["--namespace", ns, "--metrics-bind-address", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let op = Operator { child, port, log };
+        wait_for(Duration::from_secs(30), "operator /readyz", || async {
+            Ok(op.get("/readyz").await.ok().filter(|b| b.trim() == "ok").map(|_| ()))
+        })
+        .await?;
+        Ok(op)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// GET on the operator's HTTP port.
+    pub async fn get(&self, path: &str) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {head}");
+        }
+        Ok(body.to_string())
+    }
+
+    /// The samples of a counter family in `/metrics`, by their label set (`{kind="pod"}`; `""`
+    /// for none).
+    pub async fn counters(&self, name: &str) -> anyhow::Result<HashMap<String, f64>> {
+        let text = self.get("/metrics").await?;
+        let mut out = HashMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(name) else { continue };
+            if !rest.starts_with(['{', ' ']) {
+                continue;
+            }
+            let (labels, value) = rest.rsplit_once(' ').context("malformed metrics line")?;
+            out.insert(labels.trim().to_string(), value.parse::<f64>()?);
+        }
+        Ok(out)
+    }
+
+    /// `VmRSS` and `VmHWM` (peak) of the operator process, KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |key: &str| -> anyhow::Result<u64> {
+            let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("no {key}"))?;
+            Ok(line.split_whitespace().nth(1).context("malformed")?.parse()?)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// CPU seconds (user + system) the operator process used so far.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(self.pid())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// CPU seconds (user + system) of a process, from /proc/<pid>/stat.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(") ").context("malformed stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: [0]=state ... [11]=utime [12]=stime, in clock ticks (100 Hz on Linux).
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// Records, for each object of a watch, the first time (local clock, seconds since the epoch) a
+/// predicate held, with the object as it was then.
+pub struct FirstSeen<K> {
+    pub seen: Arc<Mutex<HashMap<String, (f64, K)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> FirstSeen<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    <K as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    /// Starts watching `api` and returns once the initial list is done.
+    pub async fn start(api: Api<K>, pred: impl Fn(&K) -> bool + Send + 'static) -> anyhow::Result<Self> {
+        let seen: Arc<Mutex<HashMap<String, (f64, K)>>> = Arc::default();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let map = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            loop {
+                let ev = match stream.try_next().await {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("bench: watch error (retrying): {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let t = now();
+                match ev {
+                    watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) if pred(&obj) => {
+                        map.lock().unwrap().entry(obj.name_any()).or_insert((t, obj));
+                    }
+                    watcher::Event::InitDone => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), ready_rx).await.context("watch not ready in 30s")??;
+        Ok(Self { seen, task })
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until `n` objects were seen, at most `timeout`.
+    pub async fn wait(&self, n: usize, timeout: Duration, what: &str) -> anyhow::Result<()> {
+        wait_for(timeout, what, || async { Ok((self.len() >= n).then_some(())) })
+            .await
+            .with_context(|| format!("{} of {n} seen", self.len()))
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, (f64, K)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl<K> Drop for FirstSeen<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// p50/p99/max of a sample (nearest rank), in the sample's unit.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dist {
+    pub n: usize,
+    pub min: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Dist {
+    pub fn of(values: &[f64]) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Self { n: v.len(), min: v[0], p50: rank(0.5), p99: rank(0.99), max: v[v.len() - 1] }
+    }
+}
+
+/// One number of a scenario run.
+#[derive(Clone, Debug)]
+pub struct Metric {
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+/// What a scenario run measured, plus remarks worth printing.
+#[derive(Clone, Debug, Default)]
+pub struct RunResult {
+    pub title: String,
+    pub metrics: Vec<Metric>,
+    pub notes: Vec<String>,
+}
+
+impl RunResult {
+    pub fn new(title: impl Into<String>) -> Self {
+        Self { title: title.into(), ..Default::default() }
+    }
+
+    pub fn push(&mut self, name: impl Into<String>, value: f64, unit: &'static str) {
+        self.metrics.push(Metric { name: name.into(), value, unit });
+    }
+
+    /// p50/p99/max of a latency sample in seconds, recorded in milliseconds.
+    pub fn push_dist_ms(&mut self, name: &str, seconds: &[f64]) {
+        let d = Dist::of(seconds);
+        self.push(format!("{name} p50"), d.p50 * 1e3, "ms");
+        self.push(format!("{name} p99"), d.p99 * 1e3, "ms");
+        self.push(format!("{name} max"), d.max * 1e3, "ms");
+    }
+
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|m| m.name == name).map(|m| m.value)
+    }
+
+    pub fn print(&self) {
+        println!("== {}", self.title);
+        for m in &self.metrics {
+            println!("  {:<58} {:>12.1} {}", m.name, m.value, m.unit);
+        }
+        for n in &self.notes {
+            println!("  note: {n}");
+        }
+    }
+}

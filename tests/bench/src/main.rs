@@ -1,0 +1,217 @@
+//! `activity-bench <scenario> [--quick] [--n N]` against the cluster of `$KUBECONFIG`; `report`
+//! runs every scenario at its full sizes with repeats and writes `docs/benchmarks.md`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use activity_bench::scenarios::{self, DeadlineKind};
+use activity_bench::{Cluster, RunResult, repo_root};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of activity-operator on a local control plane, side by side with Jobs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Deadline enforcement latency: activities vs Jobs with activeDeadlineSeconds.
+    Deadline {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+        /// heartbeatTimeout / startToCloseTimeout / activeDeadlineSeconds, seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+        #[arg(long, value_enum, default_value_t = DeadlineKind::Heartbeat)]
+        kind: DeadlineKind,
+    },
+    /// N trivial activities (and Jobs) at once: time to every pod and to every success.
+    Throughput {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+    },
+    /// Operator writes per attempt and per heartbeat, heartbeat PATCH latency, operator RSS.
+    Writes {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Every scenario at its full sizes, `--repeats` times each; writes the Markdown report.
+    Report {
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Sizes for `deadline` (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,100")]
+        deadline_n: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        throughput_n: usize,
+        #[arg(long, default_value_t = 100)]
+        writes_n: usize,
+        /// The command line to print in the report.
+        #[arg(long, default_value = "make bench")]
+        command: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cluster = Cluster::from_env().await?;
+    match cli.cmd {
+        Cmd::Deadline { quick, n, timeout, kind } => {
+            let (n, timeout) = if quick { (3, 2) } else { (n, timeout) };
+            scenarios::deadline(&cluster, n, timeout, kind).await?.print();
+        }
+        Cmd::Throughput { quick, n } => {
+            scenarios::throughput(&cluster, if quick { 3 } else { n }).await?.print();
+        }
+        Cmd::Writes { quick, n, rounds } => {
+            let (n, rounds) = if quick { (3, 2) } else { (n, rounds) };
+            scenarios::writes(&cluster, n, rounds).await?.print();
+        }
+        Cmd::Report { out, repeats, deadline_n, throughput_n, writes_n, command } => {
+            let started = Instant::now();
+            let mut groups: Vec<Vec<RunResult>> = Vec::new();
+            for &n in &deadline_n {
+                for kind in [DeadlineKind::Heartbeat, DeadlineKind::StartToClose] {
+                    // Start-to-close only at the largest N: the mechanism is the same timer.
+                    if kind == DeadlineKind::StartToClose && Some(&n) != deadline_n.iter().max() {
+                        continue;
+                    }
+                    let timeout = if n >= 1000 {
+                        30
+                    } else if n >= 100 {
+                        10
+                    } else {
+                        3
+                    };
+                    let mut runs = Vec::new();
+                    for r in 0..repeats {
+                        eprintln!("bench: deadline {kind:?} N={n} run {}/{repeats}", r + 1);
+                        let res = scenarios::deadline(&cluster, n, timeout, kind).await?;
+                        res.print();
+                        runs.push(res);
+                    }
+                    groups.push(runs);
+                }
+            }
+            let mut runs = Vec::new();
+            for r in 0..repeats {
+                eprintln!("bench: throughput N={throughput_n} run {}/{repeats}", r + 1);
+                let res = scenarios::throughput(&cluster, throughput_n).await?;
+                res.print();
+                runs.push(res);
+            }
+            groups.push(runs);
+            let mut runs = Vec::new();
+            for r in 0..repeats {
+                eprintln!("bench: writes N={writes_n} run {}/{repeats}", r + 1);
+                let res = scenarios::writes(&cluster, writes_n, 3).await?;
+                res.print();
+                runs.push(res);
+            }
+            groups.push(runs);
+            let md = render(&groups, repeats, &command, started.elapsed().as_secs());
+            let path = if out.is_absolute() { out } else { repo_root().join(out) };
+            let existing = std::fs::read_to_string(&path).unwrap_or_default();
+            let md = keep_analysis(&existing, md);
+            std::fs::write(&path, md)?;
+            eprintln!("bench: wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+const ANALYSIS_BEGIN: &str = "<!-- analysis: kept across regenerations -->";
+
+/// The hand-written analysis section (after [`ANALYSIS_BEGIN`]) of the previous report is kept.
+fn keep_analysis(existing: &str, mut generated: String) -> String {
+    match existing.split_once(ANALYSIS_BEGIN) {
+        Some((_, rest)) => {
+            generated.push_str(ANALYSIS_BEGIN);
+            generated.push_str(rest);
+        }
+        None => {
+            generated.push_str(ANALYSIS_BEGIN);
+            generated.push_str("\n\n## Analysis\n\n(none yet)\n");
+        }
+    }
+    generated
+}
+
+fn sh(cmd: &str) -> String {
+    std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn render(groups: &[Vec<RunResult>], repeats: usize, command: &str, wall: u64) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Generated by `{command}` (`tests/bench`, `activity-bench report`): regenerate rather than edit the \
+         tables; the analysis at the end is kept across regenerations.\n"
+    );
+    let _ = writeln!(md, "## Machine and run\n");
+    let _ = writeln!(md, "- date (UTC): {}", sh("date -u +%Y-%m-%dT%H:%MZ"));
+    let _ = writeln!(md, "- CPUs (`nproc`): {}", sh("nproc"));
+    let _ = writeln!(md, "- CPU: {}", sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"));
+    let _ = writeln!(md, "- memory: {}", sh("grep MemTotal /proc/meminfo | tr -s ' '"));
+    let _ = writeln!(md, "- kernel: {}", sh("uname -sr"));
+    let _ = writeln!(
+        md,
+        "- operator binary: `{}` (debug build, the one the process node runs)",
+        activity_bench::bin_dir().join("activity-operator").display()
+    );
+    let _ = writeln!(
+        md,
+        "- cluster: the local control plane (`deploy/local/cluster.sh`: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, process node), a cluster of its own for the bench"
+    );
+    let _ = writeln!(
+        md,
+        "- repeats per scenario: {repeats} (each row: min / median / max over the repeats); whole run {wall} s\n"
+    );
+    for runs in groups {
+        let Some(first) = runs.first() else { continue };
+        let _ = writeln!(md, "## {}\n", first.title);
+        let _ = writeln!(md, "| metric | min | median | max | unit |\n|---|---:|---:|---:|---|");
+        for m in &first.metrics {
+            let mut vals: Vec<f64> = runs.iter().filter_map(|r| r.get(&m.name)).collect();
+            vals.sort_by(|a, b| a.total_cmp(b));
+            let med = vals[vals.len() / 2];
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                m.name.trim(),
+                fmt(vals[0]),
+                fmt(med),
+                fmt(vals[vals.len() - 1]),
+                m.unit
+            );
+        }
+        for n in &first.notes {
+            let _ = writeln!(md, "\nNote: {n}.");
+        }
+        let _ = writeln!(md);
+    }
+    md
+}
+
+fn fmt(v: f64) -> String {
+    if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+}
