@@ -41,11 +41,10 @@ pub fn repo_root() -> PathBuf {
     here.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Directory of the operator binary the benchmark runs: `$ACTIVITY_BIN_DIR`, else
-/// `<repo>/target/debug` (the build the process node runs too; `CARGO_TARGET_DIR` is ignored on
-/// purpose, so that iterating on the bench with another target dir still runs the repo's build).
+/// Directory of the operator binary the benchmark runs: the workspace's debug build that the
+/// process node runs too (`$ACTIVITY_BIN_DIR`, else `$CARGO_TARGET_DIR/debug`, else `<repo>/target/debug`).
 pub fn bin_dir() -> PathBuf {
-    std::env::var_os("ACTIVITY_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/debug"))
+    activity_tests::operator::workspace_bin_dir()
 }
 
 /// Seconds since the Unix epoch, now (microsecond resolution).
