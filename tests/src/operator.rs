@@ -100,17 +100,7 @@ impl Operator {
 
     /// GET on the operator's HTTP port.
     pub async fn get(&self, path: &str) -> anyhow::Result<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("GET {path}: {head}");
-        }
-        Ok(body.to_string())
+        http_get(self.metrics_port, path).await
     }
 
     /// The sum of a counter family (e.g. `activity_operator_api_writes_total`) in `/metrics`.
@@ -128,4 +118,20 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A plain HTTP/1.1 GET to `127.0.0.1:port` (the operator's metrics and health endpoints); the body
+/// of a 200 response, an error otherwise.
+pub async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body.to_string())
 }

@@ -22,7 +22,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
@@ -107,29 +107,7 @@ impl Cluster {
     }
 }
 
-/// Polls `probe` every 200 ms until it returns `Some`, for at most `timeout`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let start = Instant::now();
-    let mut last_err = None;
-    loop {
-        match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if start.elapsed() > timeout {
-            match last_err {
-                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+pub use activity_tests::wait_for;
 
 /// One scenario run's namespace (with the worker service account and Role) and its operator.
 pub struct Bench {
@@ -259,17 +237,7 @@ impl Operator {
 
     /// GET on the operator's HTTP port.
     pub async fn get(&self, path: &str) -> anyhow::Result<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("GET {path}: {head}");
-        }
-        Ok(body.to_string())
+        activity_tests::operator::http_get(self.port, path).await
     }
 
     /// The samples of a counter family in `/metrics`, by their label set (`{kind="pod"}`; `""`
