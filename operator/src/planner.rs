@@ -65,16 +65,7 @@ impl Plan {
 /// Plans the next step for `activity` given its worker pods, at `now`.
 pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
     let current = activity.status.clone().unwrap_or_default();
-    let mut p = Planner {
-        activity,
-        pods,
-        now,
-        status: current.clone(),
-        actions: Vec::new(),
-        events: Vec::new(),
-        deadlines: Vec::new(),
-        waiting: None,
-    };
+    let mut p = Planner::new(activity, pods, current.clone(), now);
     let deleting = activity.metadata.deletion_timestamp.is_some();
     let has_finalizer = activity.finalizers().iter().any(|f| f == FINALIZER);
     if deleting && !has_finalizer {
@@ -137,16 +128,7 @@ pub fn exit_needs_fresh_read(activity: &Activity, pods: &[PodView]) -> bool {
 /// The API server refused the attempt's pod (e.g. an invalid template): the activity fails at
 /// once, not retried, with the API server's message (retrying the same template cannot help).
 pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, api_message: &str, now: Timestamp) -> Plan {
-    let mut p = Planner {
-        activity,
-        pods: &[],
-        now,
-        status: planned.clone(),
-        actions: Vec::new(),
-        events: Vec::new(),
-        deadlines: Vec::new(),
-        waiting: None,
-    };
+    let mut p = Planner::new(activity, &[], planned.clone(), now);
     let message = format!("the API server refused the worker pod: {api_message}");
     let failure = p.failure("PodCreationFailed", message.clone(), true);
     p.events.push(Event { warning: true, reason: "PodCreationFailed", message });
@@ -183,7 +165,20 @@ fn time(t: Timestamp) -> MicroTime {
     MicroTime(t.checked_add(SignedDuration::from_nanos(i64::from(up))).unwrap_or(t))
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
+    fn new(activity: &'a Activity, pods: &'a [PodView], status: ActivityStatus, now: Timestamp) -> Self {
+        Planner {
+            activity,
+            pods,
+            now,
+            status,
+            actions: Vec::new(),
+            events: Vec::new(),
+            deadlines: Vec::new(),
+            waiting: None,
+        }
+    }
+
     fn phase(&self) -> Option<Phase> {
         self.status.phase
     }
