@@ -12,13 +12,14 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
+use crate::events::{self, EventQueue};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, Event, Plan};
 use crate::pods::{self, PodView, pod_name};
@@ -87,7 +88,7 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub pods: Store<Pod>,
-    pub recorder: Recorder,
+    pub events: EventQueue,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     /// Per-object count of consecutive reconcile errors, for the error backoff.
@@ -223,7 +224,7 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
             lock(&ctx.stale).insert(key.clone(), (rv, Instant::now() + Duration::from_secs(5)));
         }
     }
-    publish(ctx, act, &plan.events).await;
+    publish(ctx, act, &plan.events);
 
     for action in &plan.actions {
         match action {
@@ -240,7 +241,7 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
                         let rejected = planner::pod_rejected(act, &plan.status, &status.message, Timestamp::now());
                         write_status(&acts, &name, &rejected.status).await?;
                         ctx.metrics.write("status");
-                        publish(ctx, act, &rejected.events).await;
+                        publish(ctx, act, &rejected.events);
                         if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, &name).await? {
                             ctx.metrics.write("finalizer");
                         }
@@ -257,7 +258,7 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
                                 api_message(&e)
                             ),
                         };
-                        publish(ctx, act, std::slice::from_ref(&event)).await;
+                        publish(ctx, act, std::slice::from_ref(&event));
                         return Err(kube_err("create pod")(e));
                     }
                 }
@@ -343,26 +344,10 @@ async fn remove_finalizer(acts: &Api<Activity>, name: &str) -> Result<bool, Erro
     }
 }
 
-async fn publish(ctx: &Context, act: &Activity, events: &[Event]) {
-    let reference = act.object_ref(&());
-    for event in events {
-        ctx.metrics.count_event(event.reason);
-        if event.warning {
-            warn!(reason = event.reason, "{}", event.message);
-        } else {
-            info!(reason = event.reason, "{}", event.message);
-        }
-        let ev = KubeEvent {
-            type_: if event.warning { EventType::Warning } else { EventType::Normal },
-            reason: event.reason.into(),
-            note: Some(event.message.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-            // An event is a notification; failing to record one must not undo the work done.
-            warn!(error = %e, reason = event.reason, "could not record event");
-        }
+/// Queues the events (published off the reconcile path, see [`crate::events`]).
+fn publish(ctx: &Context, act: &Activity, events: &[Event]) {
+    if !events.is_empty() {
+        ctx.events.send(&act.object_ref(&()), events);
     }
 }
 
@@ -395,10 +380,11 @@ pub async fn run(
         .reflect(pod_writer)
         .touched_objects();
     let config = ControllerConfig::default().concurrency(settings.concurrency);
+    let (events, publisher) = events::start(recorder, metrics.clone());
     let ctx = Arc::new(Context {
         client,
         pods: pod_store,
-        recorder,
+        events,
         metrics,
         settings,
         failures: Mutex::default(),
@@ -416,4 +402,6 @@ pub async fn run(
             }
         })
         .await;
+    // The controller (and with it every queue sender) is gone: let the last events out.
+    publisher.drain().await;
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod controller;
+pub mod events;
 pub mod metrics;
 pub mod planner;
 pub mod pods;

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub api_writes: Family<KindLabel, Counter>,
     /// From a heartbeat's timestamp to the operator seeing it.
     pub heartbeat_lag: Histogram,
+    /// Events not recorded because the queue to the API server was full.
+    pub events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -44,6 +46,7 @@ impl Default for Metrics {
         let reconcile_errors = Family::<KindLabel, Counter>::default();
         let api_writes = Family::<KindLabel, Counter>::default();
         let heartbeat_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let events_dropped = Counter::default();
         registry.register("attempts", "Attempts started", attempts.clone());
         registry.register("outcomes", "Activities finished, by terminal phase", outcomes.clone());
         registry.register("timeouts", "Deadlines that lapsed, by timeout type", timeouts.clone());
@@ -56,6 +59,11 @@ impl Default for Metrics {
             "From a heartbeat's timestamp to the operator observing it",
             heartbeat_lag.clone(),
         );
+        registry.register(
+            "events_dropped",
+            "Kubernetes Events not recorded because the queue to the API server was full",
+            events_dropped.clone(),
+        );
         Metrics {
             registry,
             attempts,
@@ -66,6 +74,7 @@ impl Default for Metrics {
             reconcile_errors,
             api_writes,
             heartbeat_lag,
+            events_dropped,
         }
     }
 }

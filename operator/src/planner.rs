@@ -141,6 +141,9 @@ pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, api_message: 
     Plan { status: p.status, actions, events: p.events, requeue_after: None }
 }
 
+/// Waiting reasons every container passes through on a normal start.
+const ROUTINE_WAITING: [&str; 2] = ["ContainerCreating", "PodInitializing"];
+
 struct Planner<'a> {
     activity: &'a Activity,
     pods: &'a [PodView],
@@ -296,7 +299,11 @@ impl<'a> Planner<'a> {
         };
         match pod.worker {
             WorkerState::Waiting { reason, message } => {
-                self.waiting = reason.map(|r| match message {
+                // The routine steps of every start are not news: showing them in the Running
+                // condition would cost a status write per attempt and tell the user nothing.
+                // Reasons that mean trouble (ErrImagePull, CreateContainerConfigError…) are shown.
+                let routine = |r: &str| ROUTINE_WAITING.contains(&r);
+                self.waiting = reason.filter(|r| !routine(r)).map(|r| match message {
                     Some(m) => format!("{r}: {m}"),
                     None => r,
                 });

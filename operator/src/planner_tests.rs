@@ -315,6 +315,19 @@ fn schedule_to_start_lapses_on_an_image_that_never_pulls() {
 }
 
 #[test]
+fn a_routine_container_start_causes_no_status_write() {
+    let a0 = activity(json!({"startToCloseTimeout": "1m"}));
+    let pending = applied(a0.clone(), &plan(&a0, &[], at(0)));
+    for reason in [None, Some("ContainerCreating"), Some("PodInitializing")] {
+        let p = plan(&pending, &[waiting(1, reason)], at(500));
+        assert_eq!(Some(&p.status), pending.status.as_ref(), "{reason:?} changed the status");
+        assert!(p.actions.is_empty(), "{reason:?}: {:?}", p.actions);
+    }
+    let trouble = plan(&pending, &[waiting(1, Some("CreateContainerConfigError"))], at(500));
+    assert_ne!(Some(&trouble.status), pending.status.as_ref(), "a real problem is shown");
+}
+
+#[test]
 fn schedule_to_close_ends_retries_and_running_attempts() {
     let spec = json!({"startToCloseTimeout": "10s", "scheduleToCloseTimeout": "20s",
                       "retryPolicy": {"initialInterval": "5s", "backoffCoefficient": 1.0}});

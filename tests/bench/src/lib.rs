@@ -47,6 +47,12 @@ pub fn bin_dir() -> PathBuf {
     activity_tests::operator::workspace_bin_dir()
 }
 
+/// The operator binary the benchmark runs: `$ACTIVITY_OPERATOR_BIN` (`make bench` sets the
+/// release build, what the operator image ships), else the debug build of [`bin_dir`].
+pub fn operator_exe() -> PathBuf {
+    std::env::var_os("ACTIVITY_OPERATOR_BIN").map(PathBuf::from).unwrap_or_else(|| bin_dir().join("activity-operator"))
+}
+
 /// Seconds since the Unix epoch, now (microsecond resolution).
 pub fn now() -> f64 {
     k8s_openapi::jiff::Timestamp::now().as_microsecond() as f64 / 1e6
@@ -201,9 +207,9 @@ pub struct Operator {
 impl Operator {
     /// Starts `activity-operator --namespace <ns>` and waits until `/readyz` answers.
     pub async fn start(cluster: &Cluster, ns: &str) -> anyhow::Result<Self> {
-        let exe = bin_dir().join("activity-operator");
+        let exe = operator_exe();
         if !exe.exists() {
-            bail!("{} does not exist: run `cargo build --workspace --bins` first", exe.display());
+            bail!("{} does not exist: build it first (`make bench` does)", exe.display());
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let logs = cluster.log_dir();

@@ -173,11 +173,9 @@ fn render(groups: &[Vec<RunResult>], repeats: usize, command: &str, wall: u64) -
     let _ = writeln!(md, "- CPU: {}", sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"));
     let _ = writeln!(md, "- memory: {}", sh("grep MemTotal /proc/meminfo | tr -s ' '"));
     let _ = writeln!(md, "- kernel: {}", sh("uname -sr"));
-    let _ = writeln!(
-        md,
-        "- operator binary: `{}` (debug build, the one the process node runs)",
-        activity_bench::bin_dir().join("activity-operator").display()
-    );
+    let exe = activity_bench::operator_exe();
+    let build = if exe.components().any(|c| c.as_os_str() == "release") { "release build" } else { "debug build" };
+    let _ = writeln!(md, "- operator binary: `{}` ({build})", exe.display());
     let _ = writeln!(
         md,
         "- cluster: the local control plane (`deploy/local/cluster.sh`: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, process node), a cluster of its own for the bench"
