@@ -46,8 +46,8 @@ render() {
 #   kubectl apply -f deploy/manifests/activity-operator.yaml
 #
 # Contents: the namespace, the Activity CRD, the operator (2 replicas, leader election), its RBAC
-# (cluster-wide), and the worker service account with its Role in namespace default. See
-# docs/install.md.
+# (cluster-wide), the worker service account with its Role in namespace default, and the worker
+# status policy (a ValidatingAdmissionPolicy and its binding). See docs/install.md.
 ---
 apiVersion: v1
 kind: Namespace

@@ -21,9 +21,14 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// `.local/` of the repository: the running local cluster's state.
+/// The running local cluster's state directory: `$ACTIVITY_LOCAL_DIR` as for
+/// `deploy/local/cluster.sh` (a relative path is taken from the repository root), else `.local/`
+/// of the repository.
 pub fn local_dir() -> PathBuf {
-    repo_root().join(".local")
+    match std::env::var_os("ACTIVITY_LOCAL_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => repo_root().join(dir),
+        None => repo_root().join(".local"),
+    }
 }
 
 /// Path of the admin kubeconfig written by `deploy/local/cluster.sh up`.

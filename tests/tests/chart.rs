@@ -149,6 +149,8 @@ fn bad_values_fail_with_a_message_that_names_them() -> anyhow::Result<()> {
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("logLevl=debug", "logLevl"),
         ("leaderElection.enabled=false", "leaderElection.enabled"),
+        ("workerPolicy.enabled=maybe", "workerPolicy"),
+        ("workerPolicy.namespaceSelector.matchLabel.a=b", "matchLabel"),
     ];
     for (set, named) in cases {
         let err = helm_fails(&["install", "bad", CHART, "--dry-run=client", "--namespace", "bad", "--set", set])?;
@@ -174,7 +176,15 @@ fn manifests_are_rendered_from_the_chart() -> anyhow::Result<()> {
     let rendered = String::from_utf8(out.stdout)?;
     let committed = std::fs::read_to_string(root.join(MANIFESTS))?;
     assert!(rendered == committed, "{MANIFESTS} is out of date: run deploy/render-manifests.sh");
-    for kind in ["Namespace", "CustomResourceDefinition", "Deployment", "ClusterRole", "Lease"] {
+    for kind in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "Deployment",
+        "ClusterRole",
+        "Lease",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
         assert!(committed.contains(&format!("\nkind: {kind}\n")), "{MANIFESTS} has no {kind}");
     }
     Ok(())
@@ -244,8 +254,14 @@ async fn rendered_chart_is_accepted_by_the_api_server() -> anyhow::Result<()> {
         let rendered = helm(&args)?;
         let file = TempFile::write("chart-dry", &rendered)?;
         let out = kubectl(&["apply", "--dry-run=server", "-f", file.path()])?;
-        for object in ["deployment.apps/dry-activity-operator", "serviceaccount/activity-worker", "lease.coordination"]
-        {
+        for object in [
+            "deployment.apps/dry-activity-operator",
+            "serviceaccount/activity-worker",
+            "lease.coordination",
+            // The API server compiles the worker status policy's CEL: an error fails the dry run.
+            "validatingadmissionpolicy.admissionregistration.k8s.io/dry-activity-operator-worker-status",
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/dry-activity-operator-worker-status",
+        ] {
             assert!(out.contains(object), "dry run output lacks {object}: {out}");
         }
     }
@@ -407,6 +423,11 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
     let (leader, pods) =
         release.wait_leader(Duration::from_secs(120), "two Ready replicas, one leading", |_| true).await?;
     eprintln!("installed {rel}: pods {pods:?}, leader {leader}");
+    // The worker status policy is on (bound to the watched namespace): the operator in its pod
+    // (a pod-bound token, exempt by name) and the workers below (their own Activity) pass it.
+    let policy = format!("validatingadmissionpolicybinding/{}-worker-status", release.fullname);
+    let bound = kubectl(&["get", &policy, "-o", "jsonpath={.spec.matchResources.namespaceSelector}"])?;
+    assert!(bound.contains(&watched_ns), "{policy} should select {watched_ns}: {bound}");
 
     // An example Activity in the watched namespace, run by the leader.
     let acts = activities(&release.client, &watched_ns);
@@ -529,10 +550,12 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
     helm(&["uninstall", rel, "--namespace", &relns, "--wait", "--timeout", "3m"])?;
     let selector = release.selector();
     let kinds = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,leases,poddisruptionbudgets";
+    const CLUSTER_KINDS: &str =
+        "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings";
     wait_for(Duration::from_secs(120), "every object of the release deleted", || async {
         let left = kubectl(&["get", kinds, "-n", &relns, "-l", &selector, "-o", "name"])?
             + &kubectl(&["get", kinds, "-n", &watched_ns, "-l", &selector, "-o", "name"])?
-            + &kubectl(&["get", "clusterroles,clusterrolebindings", "-l", &selector, "-o", "name"])?;
+            + &kubectl(&["get", CLUSTER_KINDS, "-l", &selector, "-o", "name"])?;
         Ok(left.trim().is_empty().then_some(()))
     })
     .await?;
