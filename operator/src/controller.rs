@@ -2,7 +2,7 @@
 //! Status is written with server-side apply (field manager `activity-operator`) and only when it
 //! changed, so a heartbeat (which changes only worker-owned fields) causes no write at all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,8 @@ pub struct Context {
     stale: Mutex<HashMap<ObjectRef<Activity>, (String, Instant)>>,
     /// Per-object: the last heartbeat time seen, for the heartbeat lag histogram.
     heartbeats: Mutex<HashMap<ObjectRef<Activity>, Timestamp>>,
+    /// Unfinished activities with an armed deadline timer (the `deadlines_armed` gauge).
+    armed: Mutex<HashSet<ObjectRef<Activity>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,6 +152,16 @@ impl Context {
     fn forget(&self, key: &ObjectRef<Activity>) {
         lock(&self.failures).remove(key);
         lock(&self.heartbeats).remove(key);
+        self.set_armed(key, false);
+    }
+
+    /// Records whether an unfinished activity has a deadline timer armed.
+    fn set_armed(&self, key: &ObjectRef<Activity>, armed: bool) {
+        let mut set = lock(&self.armed);
+        let changed = if armed { set.insert(key.clone()) } else { set.remove(key) };
+        if changed {
+            self.metrics.deadlines_armed.set(set.len() as i64);
+        }
     }
 }
 
@@ -245,6 +257,7 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
                         if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, &name).await? {
                             ctx.metrics.write("finalizer");
                         }
+                        ctx.set_armed(key, false);
                         return Ok(Requeue::await_change());
                     }
                     Err(e) => {
@@ -291,6 +304,8 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
         ctx.metrics.write("activity_delete");
         ctx.forget(key);
     }
+    let unfinished = !plan.status.phase.is_some_and(|p| p.is_terminal());
+    ctx.set_armed(key, unfinished && plan.requeue_after.is_some());
     Ok(match plan.requeue_after {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
@@ -390,6 +405,7 @@ pub async fn run(
         failures: Mutex::default(),
         stale: Mutex::default(),
         heartbeats: Mutex::default(),
+        armed: Mutex::default(),
     });
     Controller::for_stream(act_stream, act_store)
         .owns_stream(pod_stream)

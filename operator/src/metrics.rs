@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -33,6 +34,8 @@ pub struct Metrics {
     pub heartbeat_lag: Histogram,
     /// Events not recorded because the queue to the API server was full.
     pub events_dropped: Counter,
+    /// Unfinished activities whose next deadline is armed as a timer.
+    pub deadlines_armed: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +50,7 @@ impl Default for Metrics {
         let api_writes = Family::<KindLabel, Counter>::default();
         let heartbeat_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let events_dropped = Counter::default();
+        let deadlines_armed = Gauge::default();
         registry.register("attempts", "Attempts started", attempts.clone());
         registry.register("outcomes", "Activities finished, by terminal phase", outcomes.clone());
         registry.register("timeouts", "Deadlines that lapsed, by timeout type", timeouts.clone());
@@ -64,6 +68,11 @@ impl Default for Metrics {
             "Kubernetes Events not recorded because the queue to the API server was full",
             events_dropped.clone(),
         );
+        registry.register(
+            "deadlines_armed",
+            "Unfinished activities whose next deadline is armed as a timer (after a restart: all of them once the first pass is done)",
+            deadlines_armed.clone(),
+        );
         Metrics {
             registry,
             attempts,
@@ -75,6 +84,7 @@ impl Default for Metrics {
             api_writes,
             heartbeat_lag,
             events_dropped,
+            deadlines_armed,
         }
     }
 }

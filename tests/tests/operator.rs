@@ -108,6 +108,16 @@ impl Scenario {
         self.pods.list(&lp).await.expect("list pods").items
     }
 
+    /// Waits until the operator's `deadlines_armed` gauge shows `n`.
+    async fn wait_armed(&self, n: u32) {
+        wait_for(Duration::from_secs(20), "deadlines_armed gauge", || async {
+            let armed = self.op.counter("activity_operator_deadlines_armed").await?;
+            Ok((armed == f64::from(n)).then_some(()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("deadlines_armed never showed {n}: {e}"));
+    }
+
     async fn finish(self) {
         drop(self.op);
         self.ns.delete().await.expect("delete namespace");
@@ -379,9 +389,11 @@ async fn cancel_requested_stops_the_worker_and_keeps_the_object() {
     )
     .await;
     s.wait_phase("c", Phase::Running, 60).await;
+    s.wait_armed(1).await; // its start-to-close timer
     let params = PatchParams::default();
     s.acts.patch("c", &params, &Patch::Merge(json!({"spec": {"cancelRequested": true}}))).await.expect("cancel");
     let a = s.wait_phase("c", Phase::Canceled, 60).await;
+    s.wait_armed(0).await;
     let st = status(&a);
     assert!(st.cancel_requested_time.is_some());
     assert_eq!(st.attempts.last().map(|r| r.outcome.as_str()), Some("Canceled"));
