@@ -84,10 +84,43 @@ pub struct Settings {
     pub worker_service_account: String,
 }
 
+/// Whether a reflector store has finished its first list, for any number of concurrent waiters.
+///
+/// kube-runtime's `Store::wait_until_ready` wakes only one of several tasks waiting at the same
+/// time (its readiness is a oneshot receiver holding a single waker): after a restart, all but
+/// one reconcile waited for their 30 s timeout. One task waits on the store here and publishes
+/// the result on a watch channel, which wakes every waiter.
+#[derive(Clone)]
+pub struct ReadyGate(tokio::sync::watch::Receiver<bool>);
+
+impl ReadyGate {
+    pub fn of<K>(store: &Store<K>) -> Self
+    where
+        K: Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let store = store.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                let _ = tx.send(true);
+            }
+        });
+        Self(rx)
+    }
+
+    /// Waits until the store is ready, at most `limit`; whether it is.
+    pub async fn wait(&self, limit: Duration) -> bool {
+        let mut rx = self.0.clone();
+        matches!(tokio::time::timeout(limit, rx.wait_for(|ready| *ready)).await, Ok(Ok(_)))
+    }
+}
+
 /// Shared state of the reconciler.
 pub struct Context {
     pub client: Client,
     pub pods: Store<Pod>,
+    pods_ready: ReadyGate,
     pub events: EventQueue,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
@@ -176,7 +209,7 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     }
     // Judging an attempt needs its pod: never plan from a pod cache that has not listed yet
     // (right after a restart every pod would look deleted).
-    if tokio::time::timeout(Duration::from_secs(30), ctx.pods.wait_until_ready()).await.is_err() {
+    if !ctx.pods_ready.wait(Duration::from_secs(30)).await {
         return Err(Error::PodCacheNotReady);
     }
     let pods = ctx.pods_of(&act);
@@ -398,6 +431,7 @@ pub async fn run(
     let (events, publisher) = events::start(recorder, metrics.clone());
     let ctx = Arc::new(Context {
         client,
+        pods_ready: ReadyGate::of(&pod_store),
         pods: pod_store,
         events,
         metrics,
@@ -420,4 +454,37 @@ pub async fn run(
         .await;
     // The controller (and with it every queue sender) is gone: let the last events out.
     publisher.drain().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event as WatchEvent;
+
+    /// Regression: with kube-runtime's own `wait_until_ready`, only one of several concurrent
+    /// waiters woke up; the others sat out their timeout (30 s after every operator restart).
+    /// Virtual time (paused clock): a waiter that was not woken shows 30 s elapsed.
+    #[tokio::test(start_paused = true)]
+    async fn every_concurrent_waiter_sees_the_store_ready() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let gate = ReadyGate::of(&store);
+        let start = tokio::time::Instant::now();
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let gate = gate.clone();
+                tokio::spawn(async move { (gate.wait(Duration::from_secs(30)).await, start.elapsed()) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        writer.apply_watcher_event(&WatchEvent::Init);
+        writer.apply_watcher_event(&WatchEvent::InitDone);
+        for w in waiters {
+            let (ready, waited) = w.await.expect("waiter");
+            assert!(ready, "the store is ready");
+            assert!(waited < Duration::from_secs(1), "a waiter was not woken: it waited {waited:?}");
+        }
+        // And a store that never lists is reported as not ready after the limit.
+        let (never, _writer) = reflector::store::<Pod>();
+        assert!(!ReadyGate::of(&never).wait(Duration::from_secs(30)).await);
+    }
 }

@@ -15,6 +15,7 @@
 //! Every scenario checks correctness (each object ends in the expected state) and fails otherwise;
 //! the `--quick` sizes are what the smoke test (`tests/quick.rs`) runs.
 
+pub mod load;
 pub mod scenarios;
 
 use std::collections::HashMap;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use activity_bench::load::{self, LoadPlan};
 use activity_bench::scenarios::{self, DeadlineKind};
 use activity_bench::{Cluster, RunResult, repo_root};
 use clap::{Parser, Subcommand};
@@ -46,8 +47,35 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// `kubectl apply` to pod, one activity at a time on an idle cluster.
+    Apply {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 30)]
+        m: usize,
+    },
+    /// Many live activities with simulated workers heartbeating at a steady interval; bursts;
+    /// operator restart at the largest size.
+    Load {
+        #[arg(long)]
+        quick: bool,
+        #[command(flatten)]
+        opts: LoadOpts,
+    },
+    /// RSS and idle CPU of `activity-worker exec` (`ACTIVITY_WORKER_BIN`, else the debug build).
+    Worker {
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
+    },
     /// Every scenario at its full sizes, `--repeats` times each; writes the Markdown report.
     Report {
+        /// Scenarios to run (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "deadline,throughput,writes,apply,worker,load")]
+        scenarios: Vec<String>,
+        #[command(flatten)]
+        load: LoadOpts,
+        #[arg(long, default_value_t = 30)]
+        apply_m: usize,
         #[arg(long, default_value = "docs/benchmarks.md")]
         out: PathBuf,
         #[arg(long, default_value_t = 3)]
@@ -63,6 +91,40 @@ enum Cmd {
         #[arg(long, default_value = "make bench")]
         command: String,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct LoadOpts {
+    /// Live activities at each step of `load` (ascending, comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+    load_sizes: Vec<usize>,
+    /// Heartbeat intervals driven at each step, seconds.
+    #[arg(long, value_delimiter = ',', default_value = "10,30")]
+    load_intervals: Vec<u64>,
+    /// Concurrent workers of the closed-loop heartbeat bursts.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,500")]
+    bursts: Vec<usize>,
+    #[arg(long, default_value_t = 20)]
+    burst_secs: u64,
+    /// Skip the operator restart at the largest step.
+    #[arg(long)]
+    no_restart: bool,
+}
+
+impl LoadOpts {
+    fn plan(&self, quick: bool) -> LoadPlan {
+        if quick {
+            return LoadPlan::quick();
+        }
+        LoadPlan {
+            sizes: self.load_sizes.clone(),
+            intervals: self.load_intervals.clone(),
+            bursts: self.bursts.clone(),
+            burst_window: std::time::Duration::from_secs(self.burst_secs),
+            window: None,
+            restart: !self.no_restart,
+        }
+    }
 }
 
 #[tokio::main]
@@ -81,10 +143,32 @@ async fn main() -> anyhow::Result<()> {
             let (n, rounds) = if quick { (3, 2) } else { (n, rounds) };
             scenarios::writes(&cluster, n, rounds).await?.print();
         }
-        Cmd::Report { out, repeats, deadline_n, throughput_n, writes_n, command } => {
+        Cmd::Apply { quick, m } => {
+            load::apply(&cluster, if quick { 3 } else { m }).await?.print();
+        }
+        Cmd::Load { quick, opts } => {
+            for res in load::load(&cluster, &opts.plan(quick)).await? {
+                res.print();
+            }
+        }
+        Cmd::Worker { idle_secs } => {
+            load::worker(&cluster, std::time::Duration::from_secs(idle_secs)).await?.print();
+        }
+        Cmd::Report {
+            scenarios: which,
+            load: load_opts,
+            apply_m,
+            out,
+            repeats,
+            deadline_n,
+            throughput_n,
+            writes_n,
+            command,
+        } => {
             let started = Instant::now();
+            let on = |s: &str| which.iter().any(|w| w == s);
             let mut groups: Vec<Vec<RunResult>> = Vec::new();
-            for &n in &deadline_n {
+            for &n in deadline_n.iter().filter(|_| on("deadline")) {
                 for kind in [DeadlineKind::Heartbeat, DeadlineKind::StartToClose] {
                     // Start-to-close only at the largest N: the mechanism is the same timer.
                     if kind == DeadlineKind::StartToClose && Some(&n) != deadline_n.iter().max() {
@@ -108,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             let mut runs = Vec::new();
-            for r in 0..repeats {
+            for r in (0..repeats).filter(|_| on("throughput")) {
                 eprintln!("bench: throughput N={throughput_n} run {}/{repeats}", r + 1);
                 let res = scenarios::throughput(&cluster, throughput_n).await?;
                 res.print();
@@ -116,13 +200,37 @@ async fn main() -> anyhow::Result<()> {
             }
             groups.push(runs);
             let mut runs = Vec::new();
-            for r in 0..repeats {
+            for r in (0..repeats).filter(|_| on("writes")) {
                 eprintln!("bench: writes N={writes_n} run {}/{repeats}", r + 1);
                 let res = scenarios::writes(&cluster, writes_n, 3).await?;
                 res.print();
                 runs.push(res);
             }
             groups.push(runs);
+            let mut runs = Vec::new();
+            for r in (0..repeats).filter(|_| on("apply")) {
+                eprintln!("bench: apply M={apply_m} run {}/{repeats}", r + 1);
+                let res = load::apply(&cluster, apply_m).await?;
+                res.print();
+                runs.push(res);
+            }
+            groups.push(runs);
+            let mut runs = Vec::new();
+            for r in (0..repeats).filter(|_| on("worker")) {
+                eprintln!("bench: worker run {}/{repeats}", r + 1);
+                let res = load::worker(&cluster, std::time::Duration::from_secs(30)).await?;
+                res.print();
+                runs.push(res);
+            }
+            groups.push(runs);
+            // The load scenario runs once: it is long, and its steps are the repeats of interest.
+            if on("load") {
+                eprintln!("bench: load (once)");
+                for res in load::load(&cluster, &load_opts.plan(false)).await? {
+                    res.print();
+                    groups.push(vec![res]);
+                }
+            }
             let md = render(&groups, repeats, &command, started.elapsed().as_secs());
             let path = if out.is_absolute() { out } else { repo_root().join(out) };
             let existing = std::fs::read_to_string(&path).unwrap_or_default();
@@ -182,7 +290,8 @@ fn render(groups: &[Vec<RunResult>], repeats: usize, command: &str, wall: u64) -
     );
     let _ = writeln!(
         md,
-        "- repeats per scenario: {repeats} (each row: min / median / max over the repeats); whole run {wall} s\n"
+        "- repeats per scenario: {repeats} (each row: min / median / max over the repeats), except the \
+         heartbeat load, bursts and restart, which run once (min = median = max); whole run {wall} s\n"
     );
     for runs in groups {
         let Some(first) = runs.first() else { continue };

@@ -17,7 +17,7 @@ use crate::{Bench, Cluster, Dist, FirstSeen, RunResult, now, secs, wait_for};
 
 /// Concurrent creates/patches in flight (a client applying "at once", without flooding the
 /// API server with thousands of parallel connections).
-const PARALLEL: usize = 32;
+pub(crate) const PARALLEL: usize = 32;
 
 /// Which deadline the `deadline` scenario lets lapse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -26,11 +26,11 @@ pub enum DeadlineKind {
     StartToClose,
 }
 
-fn shell(script: &str) -> Value {
+pub(crate) fn shell(script: &str) -> Value {
     json!({"spec": {"containers": [{"name": "worker", "image": "busybox", "command": ["sh", "-c", script]}]}})
 }
 
-fn activity(name: &str, spec: Value) -> anyhow::Result<Activity> {
+pub(crate) fn activity(name: &str, spec: Value) -> anyhow::Result<Activity> {
     Ok(serde_json::from_value(json!({
         "apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
         "metadata": {"name": name}, "spec": spec
@@ -52,7 +52,7 @@ fn job(name: &str, script: &str, active_deadline: Option<u64>) -> anyhow::Result
 }
 
 /// Creates the objects with [`PARALLEL`] requests in flight; returns each one's create-return time.
-async fn create_all<K>(api: &Api<K>, objs: Vec<K>) -> anyhow::Result<HashMap<String, f64>>
+pub(crate) async fn create_all<K>(api: &Api<K>, objs: Vec<K>) -> anyhow::Result<HashMap<String, f64>>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
 {
@@ -67,11 +67,11 @@ where
         .await
 }
 
-fn phase_of(a: &Activity) -> Option<Phase> {
+pub(crate) fn phase_of(a: &Activity) -> Option<Phase> {
     a.status.as_ref().and_then(|s| s.phase)
 }
 
-fn is_terminal(p: Option<Phase>) -> bool {
+pub(crate) fn is_terminal(p: Option<Phase>) -> bool {
     matches!(p, Some(Phase::Succeeded | Phase::Failed | Phase::TimedOut | Phase::Canceled))
 }
 
@@ -86,7 +86,7 @@ fn job_condition(j: &Job, types: &[&str], reason: Option<&str>) -> bool {
 }
 
 /// How long to wait for N objects to get through the local control plane.
-fn patience(n: usize, base_secs: u64) -> Duration {
+pub(crate) fn patience(n: usize, base_secs: u64) -> Duration {
     Duration::from_secs(base_secs + 60 + n as u64 / 5)
 }
 

@@ -3,13 +3,12 @@
 //! ends as expected), never a timing. The real runs are `make bench`, on a cluster of their own.
 
 use activity_bench::Cluster;
+use activity_bench::load::{self, LoadPlan};
 use activity_bench::scenarios::{self, DeadlineKind};
 
 #[tokio::test]
 async fn quick_scenarios() {
-    let cluster = Cluster::connect(&activity_bench::repo_root().join(".local/kubeconfig"))
-        .await
-        .expect("local cluster (make cluster)");
+    let cluster = Cluster::connect(&activity_tests::kubeconfig_path()).await.expect("local cluster (make cluster)");
     let deadline = scenarios::deadline(&cluster, 3, 2, DeadlineKind::Heartbeat).await.expect("deadline --quick");
     deadline.print();
     let throughput = scenarios::throughput(&cluster, 3).await.expect("throughput --quick");
@@ -17,4 +16,14 @@ async fn quick_scenarios() {
     let writes = scenarios::writes(&cluster, 3, 2).await.expect("writes --quick");
     writes.print();
     assert_eq!(writes.get("operator writes per heartbeat"), Some(0.0));
+    load::apply(&cluster, 3).await.expect("apply --quick").print();
+    load::worker(&cluster, std::time::Duration::from_secs(2)).await.expect("worker").print();
+    // Every step (growth, steady heartbeats, bursts, restart) checks its invariants itself: no
+    // operator write per heartbeat, no canceled reply, nothing moved or duplicated by the restart.
+    let runs = load::load(&cluster, &LoadPlan::quick()).await.expect("load --quick");
+    for res in &runs {
+        res.print();
+    }
+    assert_eq!(runs.len(), 4, "a steady run per size (2), the bursts, the restart");
+    assert!(runs.iter().all(|r| r.get("heartbeat errors").unwrap_or(0.0) == 0.0), "no heartbeat failed");
 }
