@@ -74,11 +74,12 @@ BENCH_LOCAL ?= /tmp/activity-bench
 BENCH_ARGS ?=
 .PHONY: bench
 bench: build
-	cargo build -p activity-bench -p activity-operator --release
+	cargo build -p activity-bench -p activity-operator -p activity-worker --release
 	@started=0; \
 	if ! ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) $(CLUSTER) running; then started=1; fi; \
 	stop() { if [[ $$started == 1 ]]; then echo "make bench: stopping the bench cluster"; ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) $(CLUSTER) down; fi; }; \
 	trap stop EXIT; \
 	ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) ACTIVITY_NODE_BUILD=0 $(CLUSTER) up; \
 	ACTIVITY_BIN_DIR=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug \
-	ACTIVITY_OPERATOR_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/release/activity-operator KUBECONFIG=$(BENCH_LOCAL)/kubeconfig cargo run -q -p activity-bench --release -- report $(BENCH_ARGS)
+	ACTIVITY_OPERATOR_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/release/activity-operator \
+	ACTIVITY_WORKER_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/release/activity-worker KUBECONFIG=$(BENCH_LOCAL)/kubeconfig cargo run -q -p activity-bench --release -- report $(BENCH_ARGS)
