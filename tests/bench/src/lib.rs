@@ -353,9 +353,19 @@ where
 
     /// Waits until `n` objects were seen, at most `timeout`.
     pub async fn wait(&self, n: usize, timeout: Duration, what: &str) -> anyhow::Result<()> {
-        wait_for(timeout, what, || async { Ok((self.len() >= n).then_some(())) })
-            .await
-            .with_context(|| format!("{} of {n} seen", self.len()))
+        let started = std::time::Instant::now();
+        let last = Mutex::new(started);
+        wait_for(timeout, what, || async {
+            let seen = self.len();
+            let mut last = last.lock().unwrap();
+            if last.elapsed() >= Duration::from_secs(15) {
+                *last = std::time::Instant::now();
+                eprintln!("bench: {what}: {seen} of {n} after {:.0} s", started.elapsed().as_secs_f64());
+            }
+            Ok((seen >= n).then_some(()))
+        })
+        .await
+        .with_context(|| format!("{} of {n} seen", self.len()))
     }
 
     pub fn snapshot(&self) -> HashMap<String, (f64, K)> {

@@ -90,6 +90,12 @@ pub(crate) fn patience(n: usize, base_secs: u64) -> Duration {
     Duration::from_secs(base_secs + 60 + n as u64 / 5)
 }
 
+/// Jobs take longer: kube-controller-manager's client is rate-limited (20 QPS by default), and
+/// 1,000 deadline-exceeded Jobs took about 6 minutes to show it.
+fn job_patience(n: usize, base_secs: u64) -> Duration {
+    patience(n, base_secs) + Duration::from_secs(n as u64 / 2)
+}
+
 /// `deadline`: N activities whose workers never heartbeat (or never finish), then N Jobs with
 /// `activeDeadlineSeconds`, one after the other in the same run and namespace.
 pub async fn deadline(cluster: &Cluster, n: usize, timeout_secs: u64, kind: DeadlineKind) -> anyhow::Result<RunResult> {
@@ -157,7 +163,7 @@ pub async fn deadline(cluster: &Cluster, n: usize, timeout_secs: u64, kind: Dead
     let t0 = Instant::now();
     create_all(&jobs, objs).await?;
     res.push("jobs: create all", t0.elapsed().as_secs_f64() * 1e3, "ms");
-    watch.wait(n, patience(n, timeout_secs), "every job past its deadline").await?;
+    watch.wait(n, job_patience(n, timeout_secs), "every job past its deadline").await?;
     let mut jlat = Vec::new();
     for (name, (seen, j)) in watch.snapshot() {
         ensure!(
@@ -226,7 +232,7 @@ pub async fn throughput(cluster: &Cluster, n: usize) -> anyhow::Result<RunResult
     let t0 = now();
     let created = create_all(&jobs, objs).await?;
     res.push("jobs: create all (client)", (now() - t0) * 1e3, "ms");
-    watch.wait(n, patience(n, 0), "every job finished").await?;
+    watch.wait(n, job_patience(n, 0), "every job finished").await?;
     let done = watch.snapshot();
     for (name, (_, j)) in &done {
         ensure!(job_condition(j, &["Complete"], None), "job {name} did not complete");
