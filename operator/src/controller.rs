@@ -116,6 +116,9 @@ impl ReadyGate {
     }
 }
 
+/// Resource versions out of date after our own writes, and until when to believe so.
+type Superseded = (Vec<String>, Instant);
+
 /// Shared state of the reconciler.
 pub struct Context {
     pub client: Client,
@@ -126,9 +129,10 @@ pub struct Context {
     pub settings: Settings,
     /// Per-object count of consecutive reconcile errors, for the error backoff.
     failures: Mutex<HashMap<ObjectRef<Activity>, u32>>,
-    /// Per-object: the resourceVersion our last status write replaced. While the cache still shows
-    /// it, the cache has not caught up with our own write; acting on it would repeat work.
-    stale: Mutex<HashMap<ObjectRef<Activity>, (String, Instant)>>,
+    /// Per-object: the resourceVersions our last writes replaced (the one we planned from, and the
+    /// one our finalizer patch produced before the status write). While the cache still shows one
+    /// of them, it has not caught up with our own writes; acting on it would repeat work.
+    stale: Mutex<HashMap<ObjectRef<Activity>, Superseded>>,
     /// Per-object: the last heartbeat time seen, for the heartbeat lag histogram.
     heartbeats: Mutex<HashMap<ObjectRef<Activity>, Timestamp>>,
     /// Unfinished activities with an armed deadline timer (the `deadlines_armed` gauge).
@@ -172,7 +176,11 @@ impl Context {
     fn cache_is_behind(&self, key: &ObjectRef<Activity>, act: &Activity) -> bool {
         let mut stale = lock(&self.stale);
         match stale.get(key) {
-            Some((rv, until)) if Instant::now() < *until && act.resource_version().as_ref() == Some(rv) => true,
+            Some((rvs, until))
+                if Instant::now() < *until && act.resource_version().is_some_and(|rv| rvs.contains(&rv)) =>
+            {
+                true
+            }
             Some(_) => {
                 stale.remove(key);
                 false
@@ -257,17 +265,25 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
     let acts: Api<Activity> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
+    // Versions of the object that our writes below make out of date.
+    let mut superseded: Vec<String> = act.resource_version().into_iter().collect();
+    let mut finalized = None;
     if plan.has(&Action::AddFinalizer) {
-        add_finalizer(&acts, act).await?;
+        finalized = add_finalizer(&acts, act).await?.resource_version();
         ctx.metrics.write("finalizer");
     }
     let current = act.status.clone().unwrap_or_default();
     if plan.status != current {
         let written = write_status(&acts, &name, &plan.status).await?;
         ctx.metrics.write("status");
-        if let Some(rv) = act.resource_version().filter(|rv| written.resource_version().as_ref() != Some(rv)) {
-            lock(&ctx.stale).insert(key.clone(), (rv, Instant::now() + Duration::from_secs(5)));
-        }
+        // The finalizer patch's version is out of date too once the status is written.
+        superseded.extend(finalized);
+        superseded.retain(|rv| written.resource_version().as_ref() != Some(rv));
+    } else if !plan.has(&Action::AddFinalizer) {
+        superseded.clear();
+    }
+    if !superseded.is_empty() {
+        lock(&ctx.stale).insert(key.clone(), (superseded, Instant::now() + Duration::from_secs(5)));
     }
     publish(ctx, act, &plan.events);
 
@@ -360,13 +376,12 @@ async fn write_status(acts: &Api<Activity>, name: &str, status: &ActivityStatus)
 }
 
 /// Adds our finalizer, guarded by the resourceVersion so no concurrent change is lost.
-async fn add_finalizer(acts: &Api<Activity>, act: &Activity) -> Result<(), Error> {
+async fn add_finalizer(acts: &Api<Activity>, act: &Activity) -> Result<Activity, Error> {
     let mut finalizers = act.finalizers().to_vec();
     finalizers.push(FINALIZER.into());
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": act.resource_version() } });
     let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
-    acts.patch(&act.name_any(), &params, &Patch::Merge(&patch)).await.map_err(kube_err("add finalizer"))?;
-    Ok(())
+    acts.patch(&act.name_any(), &params, &Patch::Merge(&patch)).await.map_err(kube_err("add finalizer"))
 }
 
 /// Removes our finalizer with a JSON patch that tests its position first. Returns whether it wrote.

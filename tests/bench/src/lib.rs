@@ -438,13 +438,84 @@ impl RunResult {
         self.metrics.iter().find(|m| m.name == name).map(|m| m.value)
     }
 
-    pub fn print(&self) {
-        println!("== {}", self.title);
+    /// The results [`RunResult::print`] wrote into `text` (a bench log), in order; other lines are
+    /// skipped. Values keep the printed precision (one decimal).
+    pub fn parse_printed(text: &str) -> Vec<RunResult> {
+        let mut out: Vec<RunResult> = Vec::new();
+        for line in text.lines() {
+            if let Some(title) = line.strip_prefix("== ") {
+                out.push(RunResult::new(title));
+                continue;
+            }
+            let (Some(current), Some(body)) = (out.last_mut(), line.strip_prefix("  ")) else { continue };
+            if let Some(note) = body.strip_prefix("note: ") {
+                current.notes.push(note.to_string());
+                continue;
+            }
+            // `{name:<58} {value:>12.1} {unit}`: the value is the last number on the line.
+            let mut words: Vec<&str> = body.split_whitespace().collect();
+            let unit = match words.last().map(|w| w.parse::<f64>().is_ok()) {
+                Some(false) => words.pop().unwrap_or_default(),
+                _ => "",
+            };
+            let Some(value) = words.pop().and_then(|w| w.parse::<f64>().ok()) else { continue };
+            let name = body[..body.find(&format!(" {value:.1}")).unwrap_or(0)].trim_end().to_string();
+            let unit: &'static str = match unit {
+                "ms" => "ms",
+                "s" => "s",
+                "MiB" => "MiB",
+                "MiB/h" => "MiB/h",
+                "writes" => "writes",
+                "millicores" => "millicores",
+                "x" => "x",
+                "1/s" => "1/s",
+                _ => "",
+            };
+            let name = if name.is_empty() { words.join(" ") } else { name };
+            current.push(name, value, unit);
+        }
+        out
+    }
+
+    /// The result as [`RunResult::print`] writes it.
+    pub fn printed(&self) -> String {
+        let mut out = format!("== {}\n", self.title);
         for m in &self.metrics {
-            println!("  {:<58} {:>12.1} {}", m.name, m.value, m.unit);
+            out.push_str(&format!("  {:<58} {:>12.1} {}\n", m.name, m.value, m.unit));
         }
         for n in &self.notes {
-            println!("  note: {n}");
+            out.push_str(&format!("  note: {n}\n"));
         }
+        out
+    }
+
+    pub fn print(&self) {
+        print!("{}", self.printed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_results_parse_back() {
+        let mut a = RunResult::new("deadline (Heartbeat), N=1, timeout 3s");
+        a.push("activities: deadline -> watch shows TimedOut p99", 12.345, "ms");
+        a.push("heartbeats sent", 300.0, "");
+        a.push("  of which {kind=\"status\"}", 3.0, "writes");
+        a.notes.push("Job status.startTime has whole seconds".into());
+        let mut b = RunResult::new("apply -> pod, one at a time, M=3");
+        b.push("create sent -> pod seen (watch) p50", 51.8, "ms");
+        let log = format!("cargo noise\n{}bench: progress line\n{}", a.printed(), b.printed());
+        let parsed = RunResult::parse_printed(&log);
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].title, a.title);
+        assert_eq!(parsed[0].get("activities: deadline -> watch shows TimedOut p99"), Some(12.3));
+        assert_eq!(parsed[0].get("heartbeats sent"), Some(300.0));
+        assert_eq!(parsed[0].get("  of which {kind=\"status\"}"), Some(3.0));
+        assert_eq!(parsed[0].metrics[2].unit, "writes");
+        assert_eq!(parsed[0].notes, a.notes);
+        assert_eq!(parsed[1].get("create sent -> pod seen (watch) p50"), Some(51.8));
     }
 }

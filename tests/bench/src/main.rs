@@ -90,6 +90,10 @@ enum Cmd {
         /// The command line to print in the report.
         #[arg(long, default_value = "make bench")]
         command: String,
+        /// Also render the results printed in these earlier bench logs (a run cut short, or
+        /// scenarios run separately), before the ones of this run.
+        #[arg(long)]
+        from_log: Vec<PathBuf>,
     },
 }
 
@@ -109,6 +113,9 @@ struct LoadOpts {
     /// Skip the operator restart at the largest step.
     #[arg(long)]
     no_restart: bool,
+    /// Measuring window of each interval, seconds (default: six heartbeats, at least 60 s).
+    #[arg(long)]
+    load_window_secs: Option<u64>,
 }
 
 impl LoadOpts {
@@ -121,7 +128,7 @@ impl LoadOpts {
             intervals: self.load_intervals.clone(),
             bursts: self.bursts.clone(),
             burst_window: std::time::Duration::from_secs(self.burst_secs),
-            window: None,
+            window: self.load_window_secs.map(std::time::Duration::from_secs),
             restart: !self.no_restart,
         }
     }
@@ -164,10 +171,20 @@ async fn main() -> anyhow::Result<()> {
             throughput_n,
             writes_n,
             command,
+            from_log,
         } => {
             let started = Instant::now();
             let on = |s: &str| which.iter().any(|w| w == s);
             let mut groups: Vec<Vec<RunResult>> = Vec::new();
+            for log in &from_log {
+                let text = std::fs::read_to_string(log)?;
+                for res in RunResult::parse_printed(&text) {
+                    match groups.iter_mut().find(|g| g.first().is_some_and(|f| f.title == res.title)) {
+                        Some(g) => g.push(res),
+                        None => groups.push(vec![res]),
+                    }
+                }
+            }
             for &n in deadline_n.iter().filter(|_| on("deadline")) {
                 for kind in [DeadlineKind::Heartbeat, DeadlineKind::StartToClose] {
                     // Start-to-close at one N only (100, else the largest): the mechanism is the
@@ -235,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
                     groups.push(vec![res]);
                 }
             }
-            let md = render(&groups, repeats, &command, started.elapsed().as_secs());
+            let md = render(&groups, repeats, &command, started.elapsed().as_secs(), &from_log);
             let path = if out.is_absolute() { out } else { repo_root().join(out) };
             let existing = std::fs::read_to_string(&path).unwrap_or_default();
             let md = keep_analysis(&existing, md);
@@ -276,7 +293,7 @@ fn sh(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
-fn render(groups: &[Vec<RunResult>], repeats: usize, command: &str, wall: u64) -> String {
+fn render(groups: &[Vec<RunResult>], repeats: usize, command: &str, wall: u64, from_log: &[PathBuf]) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
@@ -302,6 +319,14 @@ fn render(groups: &[Vec<RunResult>], repeats: usize, command: &str, wall: u64) -
         "- repeats per scenario: {repeats} (each row: min / median / max over the repeats), except N ≥ 1,000 and the \
          heartbeat load, bursts and restart, which run once (min = median = max); whole run {wall} s\n"
     );
+    for log in from_log {
+        let _ = writeln!(
+            md,
+            "- merged: the tables of the runs printed in `{}` (an earlier invocation; values at its printed \
+             precision), then this run's (whole run {wall} s is this invocation's)\n",
+            log.display()
+        );
+    }
     for runs in groups {
         let Some(first) = runs.first() else { continue };
         let _ = writeln!(md, "## {}\n", first.title);
