@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use activity_crds::{ATTEMPT_HISTORY, Activity, ActivityStatus, FINALIZER, OPERATOR_MANAGER};
 use futures::{Future, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
@@ -418,6 +418,18 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
+/// What the pod cache keeps of a pod: everything the planner reads ([`PodView::from_pod`]: labels,
+/// owner, deletion, status, and the containers' names to find the worker's), not the rest of the
+/// spec (env, volumes, commands…), which is most of a pod's memory in a cache of thousands.
+fn slim_pod(pod: &mut Pod) {
+    strip_managed_fields(pod);
+    if let Some(spec) = pod.spec.as_mut() {
+        let containers =
+            spec.containers.iter().map(|c| Container { name: c.name.clone(), ..Default::default() }).collect();
+        *spec = PodSpec { containers, ..Default::default() };
+    }
+}
+
 /// Runs the controller for one namespace (or all) until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -439,7 +451,7 @@ pub async fn run(
     let (pod_store, pod_writer) = reflector::store();
     let pod_stream = watcher(pods, watcher::Config::default().labels(activity_crds::LABEL_ACTIVITY).any_semantic())
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(slim_pod)
         .reflect(pod_writer)
         .touched_objects();
     let config = ControllerConfig::default().concurrency(settings.concurrency);
@@ -501,5 +513,27 @@ mod tests {
         // And a store that never lists is reported as not ready after the limit.
         let (never, _writer) = reflector::store::<Pod>();
         assert!(!ReadyGate::of(&never).wait(Duration::from_secs(30)).await);
+    }
+
+    #[test]
+    fn the_slim_pod_keeps_what_the_planner_reads() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "a-1", "labels": {"heartbeat.dev/attempt": "1"},
+                         "managedFields": [{"manager": "x"}]},
+            "spec": {"containers": [
+                {"name": "side", "image": "y", "env": [{"name": "BIG", "value": "x".repeat(4096)}]},
+                {"name": "w", "image": "x", "command": ["sleep", "1"]}]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "side", "image": "y", "imageID": "", "ready": true, "restartCount": 0,
+                 "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}
+        }))
+        .expect("pod");
+        let before = PodView::from_pod(&pod);
+        slim_pod(&mut pod);
+        assert_eq!(PodView::from_pod(&pod), before);
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["side", "w"]);
+        assert!(spec.containers.iter().all(|c| c.env.is_none() && c.image.is_none()));
+        assert!(pod.metadata.managed_fields.is_none());
     }
 }
