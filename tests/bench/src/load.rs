@@ -1,6 +1,7 @@
 //! Scale scenarios that keep many activities alive at once:
 //! - `apply`: one activity at a time on an idle cluster, `kubectl apply` (a create) to its pod.
-//! - `load`: activities grown in steps (e.g. 100 → 1,000 → 5,000) that all stay `Running`;
+//! - `load`: activities grown in steps (e.g. 100 → 1,000 → 5,000) that all stay live (`Running`,
+//!   or `Pending` with their pod unscheduled beyond the process node's 1,000 pods);
 //!   at each step a simulated-worker driver sends heartbeats for every live activity at a steady
 //!   interval (10 s, 30 s) through the real API with the worker's own wire format
 //!   ([`activity_worker::wire`]), while the operator's CPU, RSS and API writes and every
