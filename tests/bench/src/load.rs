@@ -147,6 +147,17 @@ impl Driven {
     }
 }
 
+/// What every driver task saw, together.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Driven>>) -> Driven {
+    let mut all = Driven::default();
+    for t in tasks {
+        if let Ok(d) = t.await {
+            all.merge(d);
+        }
+    }
+    all
+}
+
 /// One heartbeat of attempt 1 of `name`, exactly as the SDK sends it; returns the round trip.
 async fn heartbeat(acts: &Api<Activity>, name: &str, seq: u64, out: &mut Driven) {
     let pp = PatchParams { field_manager: Some("activity-worker".into()), ..Default::default() };
@@ -211,13 +222,7 @@ async fn steady(acts: &Api<Activity>, names: &[String], interval: Duration, wind
             })
         })
         .collect();
-    let mut all = Driven::default();
-    for t in tasks {
-        if let Ok(d) = t.await {
-            all.merge(d);
-        }
-    }
-    all
+    gather(tasks).await
 }
 
 /// Closed loop: `k` workers each send their next heartbeat as soon as the last returns, for `window`.
@@ -239,13 +244,7 @@ async fn closed(acts: &Api<Activity>, names: &[String], window: Duration) -> (Dr
             })
         })
         .collect();
-    let mut all = Driven::default();
-    for t in tasks {
-        if let Ok(d) = t.await {
-            all.merge(d);
-        }
-    }
-    (all, started.elapsed().as_secs_f64())
+    (gather(tasks).await, started.elapsed().as_secs_f64())
 }
 
 /// Sizes and options of the `load` scenario.
