@@ -138,3 +138,24 @@ impl TestNs {
         Ok(())
     }
 }
+
+/// A YAML file of its own under the system temp dir (for `kubectl -f`/`helm -f`), removed on drop.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    pub fn write(prefix: &str, content: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{:08x}.yaml", rand::random::<u32>()));
+        std::fs::write(&path, content)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> anyhow::Result<&str> {
+        self.0.to_str().context("temp file path is not UTF-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -7,11 +7,10 @@
 //! own operators in their own namespaces at the same time, and a cluster-wide operator would run
 //! their Activities too.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use activity_tests::{TestNs, bin_dir, client, kubectl, repo_root, tool, wait_for};
+use activity_tests::{TempFile, TestNs, bin_dir, client, kubectl, repo_root, tool, wait_for};
 use anyhow::{Context, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -52,27 +51,6 @@ fn can_i(user: &str, args: &[&str]) -> anyhow::Result<bool> {
         "yes" => Ok(true),
         "no" => Ok(false),
         other => bail!("kubectl {}: {other:?} {}", all.join(" "), String::from_utf8_lossy(&out.stderr)),
-    }
-}
-
-/// A file of its own under the system temp dir, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn write(prefix: &str, content: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!("{prefix}-{:08x}.yaml", rand::random::<u32>()));
-        std::fs::write(&path, content)?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap_or_default()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -210,7 +188,7 @@ fn worker_role_is_the_worker_images_role() -> anyhow::Result<()> {
     let reference = objects("worker-image/rbac/worker-role.yaml")?;
     let rendered = helm(&["template", "w", CHART, "--namespace", "ops", "--show-only", "templates/worker-rbac.yaml"])?;
     let file = TempFile::write("chart-worker-rbac", &rendered)?;
-    let chart = objects(file.path())?;
+    let chart = objects(file.path()?)?;
     assert_eq!(role_rules(&chart)?, role_rules(&reference)?, "the chart's worker Role must mirror worker-role.yaml");
     let kinds =
         |objs: &[Value]| objs.iter().map(|o| (o["kind"].clone(), o["metadata"]["name"].clone())).collect::<Vec<_>>();
@@ -253,7 +231,7 @@ async fn rendered_chart_is_accepted_by_the_api_server() -> anyhow::Result<()> {
         args.extend(extra.iter().map(String::as_str));
         let rendered = helm(&args)?;
         let file = TempFile::write("chart-dry", &rendered)?;
-        let out = kubectl(&["apply", "--dry-run=server", "-f", file.path()])?;
+        let out = kubectl(&["apply", "--dry-run=server", "-f", file.path()?])?;
         for object in [
             "deployment.apps/dry-activity-operator",
             "serviceaccount/activity-worker",

@@ -7,12 +7,11 @@
 //! namespace only (`watchNamespaces`), so tests running at the same time in other namespaces never
 //! see it; it is deleted at the end, whatever the outcome.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use activity_crds::{Activity, Phase};
 use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
-use activity_tests::{TestNs, kubeconfig_path, kubectl, tool, wait_for};
+use activity_tests::{TempFile, TestNs, kubeconfig_path, kubectl, tool, wait_for};
 use anyhow::{Context, bail};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, SelfSubjectReview, TokenRequest, TokenRequestSpec};
@@ -56,27 +55,6 @@ fn objects(yaml: &str) -> anyhow::Result<Vec<Value>> {
 
 fn find<'a>(objects: &'a [Value], kind: &str) -> anyhow::Result<&'a Value> {
     objects.iter().find(|o| o["kind"] == kind).with_context(|| format!("no {kind} rendered"))
-}
-
-/// A file of its own under the system temp dir, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn write(prefix: &str, content: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!("{prefix}-{:08x}.yaml", rand::random::<u32>()));
-        std::fs::write(&path, content)?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> anyhow::Result<&str> {
-        self.0.to_str().context("temp file path is not UTF-8")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[test]
