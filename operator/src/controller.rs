@@ -3,11 +3,12 @@
 //! changed, so a heartbeat (which changes only worker-owned fields) causes no write at all.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use activity_crds::{ATTEMPT_HISTORY, Activity, ActivityStatus, FINALIZER, OPERATOR_MANAGER};
-use futures::{Future, StreamExt};
+use futures::{Future, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -159,15 +160,21 @@ impl Context {
             .collect()
     }
 
-    fn observe_heartbeat(&self, key: &ObjectRef<Activity>, act: &Activity, now: Timestamp) {
-        let Some(beat) = act.status.as_ref().and_then(|s| s.last_heartbeat_time.as_ref()).map(|t| t.0) else {
+    /// Heartbeat lag (receipt by the operator minus the worker's `lastHeartbeatTime`), once per
+    /// heartbeat, from the watch stream: heartbeats wake no reconcile.
+    fn observe_heartbeat(&self, act: &Activity, now: Timestamp) {
+        let Some(status) = act.status.as_ref().filter(|s| !s.phase.is_some_and(|p| p.is_terminal())) else {
             return;
         };
+        let Some(beat) = status.last_heartbeat_time.as_ref().map(|t| t.0) else {
+            return;
+        };
+        let key = ObjectRef::from_obj(act);
         let mut seen = lock(&self.heartbeats);
-        if seen.get(key).is_some_and(|last| *last >= beat) {
+        if seen.get(&key).is_some_and(|last| *last >= beat) {
             return;
         }
-        seen.insert(key.clone(), beat);
+        seen.insert(key, beat);
         drop(seen);
         let lag = now.duration_since(beat).as_secs_f64().max(0.0);
         self.metrics.heartbeat_lag.observe(lag);
@@ -230,9 +237,7 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     } else {
         act
     };
-    let now = Timestamp::now();
-    ctx.observe_heartbeat(&key, &act, now);
-    let plan = planner::plan(&act, &pods, now);
+    let plan = planner::plan(&act, &pods, Timestamp::now());
     let result = execute(&act, plan, &ctx, &key).await;
     ctx.metrics.observe_reconcile(started.elapsed());
     if result.is_ok() {
@@ -414,6 +419,59 @@ fn publish(ctx: &Context, act: &Activity, events: &[Event]) {
     }
 }
 
+/// A hash of everything in an Activity the planner reads, apart from the worker's heartbeat
+/// (`lastHeartbeatTime`, `heartbeatDetails`). Watch events that leave it unchanged wake no reconcile:
+/// the armed deadline timer reads the latest heartbeat from the cache when it fires, so a heartbeat
+/// costs the operator one decoded watch event and nothing more. The status is listed field by field
+/// (no `..`), so a field added to the status that is not hashed here fails to compile.
+fn planner_input(act: &Activity) -> Option<u64> {
+    let meta = &act.metadata;
+    let status = act.status.as_ref().map(|s| {
+        let ActivityStatus {
+            phase,
+            attempt,
+            pod_name,
+            scheduled_time,
+            started_time,
+            closed_time,
+            last_heartbeat_time: _,
+            heartbeat_details: _,
+            next_attempt_schedule_time,
+            cancel_requested_time,
+            last_failure,
+            result,
+            outcome,
+            attempts,
+            conditions,
+            observed_generation,
+        } = s;
+        (
+            (phase, attempt, pod_name, scheduled_time, started_time, closed_time),
+            (next_attempt_schedule_time, cancel_requested_time, last_failure, result, outcome),
+            (attempts, conditions, observed_generation),
+        )
+    });
+    let mut hasher = HashWriter(DefaultHasher::new());
+    let input = (&meta.uid, meta.generation, &meta.deletion_timestamp, &meta.finalizers, status);
+    // Serializing these types into a hasher cannot fail; if it ever did, let the event through.
+    serde_json::to_writer(&mut hasher, &input).ok()?;
+    Some(hasher.0.finish())
+}
+
+/// Feeds serialized bytes to a hasher, without buffering them.
+struct HashWriter(DefaultHasher);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn strip_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
@@ -443,17 +501,7 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (act_store, act_writer) = reflector::store();
-    let act_stream = watcher(acts, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(act_writer)
-        .applied_objects();
     let (pod_store, pod_writer) = reflector::store();
-    let pod_stream = watcher(pods, watcher::Config::default().labels(activity_crds::LABEL_ACTIVITY).any_semantic())
-        .default_backoff()
-        .modify(slim_pod)
-        .reflect(pod_writer)
-        .touched_objects();
     let config = ControllerConfig::default().concurrency(settings.concurrency);
     let (events, publisher) = events::start(recorder, metrics.clone());
     let ctx = Arc::new(Context {
@@ -468,6 +516,19 @@ pub async fn run(
         heartbeats: Mutex::default(),
         armed: Mutex::default(),
     });
+    let lag = ctx.clone();
+    let act_stream = watcher(acts, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(act_writer)
+        .applied_objects()
+        .inspect_ok(move |act| lag.observe_heartbeat(act, Timestamp::now()))
+        .predicate_filter(planner_input, Default::default());
+    let pod_stream = watcher(pods, watcher::Config::default().labels(activity_crds::LABEL_ACTIVITY).any_semantic())
+        .default_backoff()
+        .modify(slim_pod)
+        .reflect(pod_writer)
+        .touched_objects();
     Controller::for_stream(act_stream, act_store)
         .owns_stream(pod_stream)
         .with_config(config)
@@ -486,6 +547,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
     use kube::runtime::watcher::Event as WatchEvent;
 
     /// Regression: with kube-runtime's own `wait_until_ready`, only one of several concurrent
@@ -513,6 +575,53 @@ mod tests {
         // And a store that never lists is reported as not ready after the limit.
         let (never, _writer) = reflector::store::<Pod>();
         assert!(!ReadyGate::of(&never).wait(Duration::from_secs(30)).await);
+    }
+
+    fn running() -> Activity {
+        serde_json::from_value(json!({
+            "apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
+            "metadata": {"name": "a", "namespace": "ns", "uid": "u1", "generation": 1, "resourceVersion": "10",
+                         "finalizers": [FINALIZER]},
+            "spec": {"startToCloseTimeout": "1m", "heartbeatTimeout": "10s",
+                     "template": {"spec": {"containers": [{"name": "w", "image": "x"}]}}},
+            "status": {"phase": "Running", "attempt": 1, "podName": "a-1",
+                       "startedTime": "2026-01-01T00:00:00.000000Z",
+                       "lastHeartbeatTime": "2026-01-01T00:00:05.000000Z", "heartbeatDetails": {"i": 1}}
+        }))
+        .expect("activity")
+    }
+
+    #[test]
+    fn a_heartbeat_alone_does_not_wake_the_planner() {
+        let before = running();
+        let base = planner_input(&before);
+        assert!(base.is_some());
+        let mut beat = before.clone();
+        beat.metadata.resource_version = Some("11".into());
+        let st = beat.status.as_mut().expect("status");
+        st.last_heartbeat_time = Some(MicroTime("2026-01-01T00:00:09Z".parse().expect("time")));
+        st.heartbeat_details = Some(json!({"i": 2}));
+        assert_eq!(planner_input(&beat), base, "heartbeat fields and resourceVersion are not planner input");
+
+        // Everything else the planner reads does wake it.
+        type Change = (&'static str, fn(&mut Activity));
+        let changes: [Change; 7] = [
+            ("outcome", |a| {
+                a.status.as_mut().expect("status").outcome =
+                    serde_json::from_value(json!({"attempt": 1, "succeeded": true})).ok()
+            }),
+            ("spec (generation)", |a| a.metadata.generation = Some(2)),
+            ("deletion", |a| a.metadata.deletion_timestamp = Some(Time("2026-01-01T00:00:10Z".parse().expect("t")))),
+            ("finalizers", |a| a.metadata.finalizers = None),
+            ("uid (recreated)", |a| a.metadata.uid = Some("u2".into())),
+            ("phase", |a| a.status.as_mut().expect("status").phase = Some(activity_crds::Phase::Canceling)),
+            ("attempt", |a| a.status.as_mut().expect("status").attempt = Some(2)),
+        ];
+        for (what, change) in changes {
+            let mut changed = before.clone();
+            change(&mut changed);
+            assert_ne!(planner_input(&changed), base, "a change of {what} must wake the planner");
+        }
     }
 
     #[test]

@@ -86,7 +86,7 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args);

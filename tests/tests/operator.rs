@@ -9,6 +9,7 @@ use activity_crds::{Activity, Phase, TimeoutType};
 use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
 use activity_tests::{TestNs, kubectl, wait_for};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::SignedDuration;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -361,22 +362,52 @@ async fn a_heartbeat_causes_no_operator_write() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = s.op.counter("activity_operator_api_writes_total").await.expect("metrics");
     let reconciles_before = s.op.counter("activity_operator_reconcile_duration_seconds_count").await.expect("metrics");
+    let lag_before = s.op.counter("activity_operator_heartbeat_lag_seconds_count").await.expect("metrics");
     for i in 0..20 {
         s.heartbeat("beat", 1, json!({"i": i})).await.expect("heartbeat");
     }
-    // The operator saw them (it reconciled) ...
-    wait_for(Duration::from_secs(20), "reconciles after heartbeats", || async {
-        let n = s.op.counter("activity_operator_reconcile_duration_seconds_count").await?;
-        Ok((n > reconciles_before).then_some(()))
+    // The operator saw every one of them (the heartbeat lag is observed once per heartbeat) ...
+    wait_for(Duration::from_secs(20), "heartbeat lag observed 20 times", || async {
+        let n = s.op.counter("activity_operator_heartbeat_lag_seconds_count").await?;
+        Ok((n >= lag_before + 20.0).then_some(()))
     })
     .await
     .expect("operator observed the heartbeats");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // ... and wrote nothing.
+    // ... wrote nothing, and did not even reconcile: the heartbeat deadline is a minute away.
     let after = s.op.counter("activity_operator_api_writes_total").await.expect("metrics");
     assert_eq!(after, before, "operator writes during 20 heartbeats");
-    let lag = s.op.counter("activity_operator_heartbeat_lag_seconds_count").await.expect("metrics");
-    assert!(lag >= 1.0, "heartbeat lag observed");
+    let reconciles = s.op.counter("activity_operator_reconcile_duration_seconds_count").await.expect("metrics");
+    assert_eq!(reconciles, reconciles_before, "reconciles woken by 20 heartbeats");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn heartbeats_keep_an_attempt_alive_and_the_timeout_counts_from_the_last_one() {
+    let s = Scenario::new("op-alive").await;
+    s.create(
+        "alive",
+        json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "3s", "retryPolicy": {"maximumAttempts": 1},
+               "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("alive", Phase::Running, 60).await;
+    // Heartbeats wake no reconcile; the deadline timer must read each one from the cache and move on.
+    let mut last = None;
+    for i in 0..8 {
+        let a = s.heartbeat("alive", 1, json!({"i": i})).await.expect("heartbeat");
+        assert_eq!(phase_of(&a), Some(Phase::Running), "killed while heartbeating (heartbeat {i})");
+        last = status(&a).last_heartbeat_time.map(|t| t.0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let a = s.wait_phase("alive", Phase::TimedOut, 30).await;
+    let st = status(&a);
+    assert_eq!(st.attempt, Some(1));
+    let f = st.last_failure.expect("lastFailure");
+    assert_eq!(f.timeout_type, Some(TimeoutType::Heartbeat));
+    let last = last.expect("a heartbeat time");
+    let gap = f.time.0.duration_since(last);
+    assert!(gap >= SignedDuration::from_secs(3), "enforced {gap:?} after the last heartbeat, before heartbeatTimeout");
     s.finish().await;
 }
 
