@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -493,7 +492,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    recorder: Recorder,
+    reporter: events::Reporter,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (acts, pods): (Api<Activity>, Api<Pod>) = match &settings.namespace {
@@ -503,7 +502,7 @@ pub async fn run(
     let (act_store, act_writer) = reflector::store();
     let (pod_store, pod_writer) = reflector::store();
     let config = ControllerConfig::default().concurrency(settings.concurrency);
-    let (events, publisher) = events::start(recorder, metrics.clone());
+    let (events, publisher) = events::start(client.clone(), reporter, metrics.clone());
     let ctx = Arc::new(Context {
         client,
         pods_ready: ReadyGate::of(&pod_store),

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use activity_operator::controller::{self, Settings};
+use activity_operator::events;
 use activity_operator::metrics::Metrics;
 use activity_operator::server::{self, Health};
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -164,8 +164,7 @@ async fn main() -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
 
     let run_stop = leadership.as_ref().map(|(_, _, lost)| lost.clone()).unwrap_or_else(|| stop.clone());
-    let reporter = Reporter { controller: "activity-operator".into(), instance: Some(identity.clone()) };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let reporter = events::Reporter { controller: "activity-operator".into(), instance: identity.clone() };
     let namespaces: Vec<Option<String>> =
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
     info!(?namespaces, concurrency = args.concurrency, "starting the controller");
@@ -177,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
                 worker_service_account: args.worker_service_account.clone(),
             };
             let token = run_stop.clone();
-            controller::run(client.clone(), settings, metrics.clone(), recorder.clone(), async move {
+            controller::run(client.clone(), settings, metrics.clone(), reporter.clone(), async move {
                 token.cancelled().await
             })
         });

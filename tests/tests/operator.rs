@@ -8,7 +8,8 @@ use std::time::Duration;
 use activity_crds::{Activity, Phase, TimeoutType};
 use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
 use activity_tests::{TestNs, kubectl, wait_for};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::jiff::SignedDuration;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -507,6 +508,41 @@ async fn a_template_the_api_server_refuses_fails_the_activity_with_its_message()
     assert!(f.message.contains("Not_A_DNS_Label"), "the API server's own message: {}", f.message);
     let events = kubectl(&["get", "events", "-n", &s.ns.name, "--field-selector", "type=Warning"]).expect("events");
     assert!(events.contains("PodCreationFailed"), "{events}");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_pod_creation_refused_for_a_while_is_retried_and_its_event_becomes_a_series() {
+    let s = Scenario::new("op-quota").await;
+    // A quota of zero pods: every pod creation is refused (403, transient), until it is lifted.
+    let quotas: Api<ResourceQuota> = s.ns.api();
+    let quota: ResourceQuota =
+        serde_json::from_value(json!({"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}))
+            .expect("quota");
+    quotas.create(&PostParams::default(), &quota).await.expect("create quota");
+    s.create("q", json!({"startToCloseTimeout": "5m", "template": shell("sleep 3600")})).await;
+    let events: Api<K8sEvent> = s.ns.api();
+    let refused = || async {
+        let list = events.list(&ListParams::default()).await.expect("events");
+        list.items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("PodCreateFailed"))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("q"))
+            .collect::<Vec<_>>()
+    };
+    // The retries repeat one Event (a series), not one Event object per retry.
+    wait_for(Duration::from_secs(60), "PodCreateFailed repeated 3 times", || async {
+        let found = refused().await;
+        Ok(found.iter().any(|e| e.series.as_ref().is_some_and(|r| r.count >= 3)).then_some(()))
+    })
+    .await
+    .expect("a PodCreateFailed series");
+    assert_eq!(refused().await.len(), 1, "one Event object for the repeated refusal");
+    let a = s.acts.get("q").await.expect("activity");
+    assert_eq!(phase_of(&a), Some(Phase::Pending), "a transient refusal does not fail the activity");
+    // Lifted: the next retry creates the pod.
+    quotas.delete("no-pods", &DeleteParams::default()).await.expect("delete quota");
+    s.wait_phase("q", Phase::Running, 180).await;
     s.finish().await;
 }
 
