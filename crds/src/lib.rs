@@ -13,6 +13,7 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 pub use duration::{DURATION_PATTERN, DurationError, format_duration, parse_duration};
 
@@ -81,7 +82,7 @@ pub struct ActivitySpec {
     /// container gets ACTIVITY_NAME, ACTIVITY_NAMESPACE and ACTIVITY_ATTEMPT. A template that names
     /// no serviceAccountName runs as `activity-worker`. It must have at least one container.
     #[schemars(schema_with = "template_schema")]
-    pub template: PodTemplateSpec,
+    pub template: PodTemplate,
 
     /// Input of the activity: any JSON value, handed to the worker. At most 16 KiB serialized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -375,6 +376,49 @@ fn duration_schema(_: &mut SchemaGenerator) -> Schema {
         "pattern": DURATION_PATTERN,
         "maxLength": 64,
     })
+}
+
+/// A pod template as the user wrote it: its JSON text, read into a [`PodTemplateSpec`] only when a
+/// pod is built ([`PodTemplate::parse`]).
+///
+/// The schema checks the template's shape (see `template_schema`) but keeps unknown fields, so an
+/// object can pass it and still not read as a `PodTemplateSpec` (`command: "sleep"` instead of a
+/// list, say). Kept typed, such an object would fail to decode in the operator's watch and stall
+/// every activity with it; kept as text, only that activity fails, naming the problem. The text is
+/// also a fraction of the memory of the typed template (over 4 KiB for a single container, most
+/// of it empty optional fields) in an operator that caches thousands of activities.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PodTemplate(Box<RawValue>);
+
+impl PodTemplate {
+    /// The template, typed. The error names the field that does not read
+    /// (`spec.containers[0].command: invalid type: string "sleep", expected a sequence …`).
+    pub fn parse(&self) -> Result<PodTemplateSpec, TemplateError> {
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(self.0.get()))
+    }
+
+    /// The template's JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+/// Why a [`PodTemplate`] does not read as a pod template; its `Display` starts with the field's path.
+pub type TemplateError = serde_path_to_error::Error<serde_json::Error>;
+
+impl TryFrom<&PodTemplateSpec> for PodTemplate {
+    type Error = serde_json::Error;
+
+    fn try_from(spec: &PodTemplateSpec) -> Result<Self, Self::Error> {
+        serde_json::value::to_raw_value(spec).map(PodTemplate)
+    }
+}
+
+impl PartialEq for PodTemplate {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
 }
 
 fn any_json_schema(_: &mut SchemaGenerator) -> Schema {

@@ -37,8 +37,6 @@ pub enum Error {
     },
     #[error("serializing the status: {0}")]
     Serialize(#[source] serde_json::Error),
-    #[error("building the worker pod: {0}")]
-    BuildPod(#[source] pods::BuildError),
     #[error("the pod cache has not finished its first list")]
     PodCacheNotReady,
 }
@@ -49,7 +47,6 @@ impl Error {
         match self {
             Error::Kube { action, .. } => action,
             Error::Serialize(_) => "serialize",
-            Error::BuildPod(_) => "build_pod",
             Error::PodCacheNotReady => "pod_cache",
         }
     }
@@ -294,39 +291,48 @@ async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Acti
     for action in &plan.actions {
         match action {
             Action::CreatePod { attempt } => {
-                let pod =
-                    pods::build_pod(act, *attempt, &ctx.settings.worker_service_account).map_err(Error::BuildPod)?;
-                match pods
-                    .create(&PostParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() }, &pod)
-                    .await
-                {
-                    Ok(_) => ctx.metrics.write("pod_create"),
-                    Err(e) if api_code(&e) == Some(409) => debug!("pod already exists"),
-                    Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
-                        let rejected = planner::pod_rejected(act, &plan.status, &status.message, Timestamp::now());
-                        write_status(&acts, &name, &rejected.status).await?;
-                        ctx.metrics.write("status");
-                        publish(ctx, act, &rejected.events);
-                        if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, &name).await? {
-                            ctx.metrics.write("finalizer");
+                let params = PostParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+                let refused = match pods::build_pod(act, *attempt, &ctx.settings.worker_service_account) {
+                    Err(e) => Some(format!("cannot build the worker pod: {e}")),
+                    Ok(pod) => match pods.create(&params, &pod).await {
+                        Ok(_) => {
+                            ctx.metrics.write("pod_create");
+                            None
                         }
-                        ctx.set_armed(key, false);
-                        return Ok(Requeue::await_change());
+                        Err(e) if api_code(&e) == Some(409) => {
+                            debug!("pod already exists");
+                            None
+                        }
+                        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+                            Some(format!("the API server refused the worker pod: {}", status.message))
+                        }
+                        Err(e) => {
+                            // Transient or an install problem (missing service account, quota):
+                            // retried with backoff, and shown to the user on the Activity.
+                            let event = Event {
+                                warning: true,
+                                reason: "PodCreateFailed",
+                                message: format!(
+                                    "attempt {attempt}: cannot create the worker pod (will retry): {}",
+                                    api_message(&e)
+                                ),
+                            };
+                            publish(ctx, act, std::slice::from_ref(&event));
+                            return Err(kube_err("create pod")(e));
+                        }
+                    },
+                };
+                if let Some(message) = refused {
+                    // Permanent: retrying the same template would be refused again.
+                    let rejected = planner::pod_rejected(act, &plan.status, message, Timestamp::now());
+                    write_status(&acts, &name, &rejected.status).await?;
+                    ctx.metrics.write("status");
+                    publish(ctx, act, &rejected.events);
+                    if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, &name).await? {
+                        ctx.metrics.write("finalizer");
                     }
-                    Err(e) => {
-                        // Transient or an install problem (missing service account, quota): retried
-                        // with backoff, and shown to the user on the Activity.
-                        let event = Event {
-                            warning: true,
-                            reason: "PodCreateFailed",
-                            message: format!(
-                                "attempt {attempt}: cannot create the worker pod (will retry): {}",
-                                api_message(&e)
-                            ),
-                        };
-                        publish(ctx, act, std::slice::from_ref(&event));
-                        return Err(kube_err("create pod")(e));
-                    }
+                    ctx.set_armed(key, false);
+                    return Ok(Requeue::await_change());
                 }
             }
             Action::DeletePod { name } => match pods.delete(name, &DeleteParams::default()).await {

@@ -125,11 +125,11 @@ pub fn exit_needs_fresh_read(activity: &Activity, pods: &[PodView]) -> bool {
     live && exited && !reported
 }
 
-/// The API server refused the attempt's pod (e.g. an invalid template): the activity fails at
-/// once, not retried, with the API server's message (retrying the same template cannot help).
-pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, api_message: &str, now: Timestamp) -> Plan {
+/// The attempt's pod cannot be made: the API server refused it (e.g. an invalid template) or the
+/// template does not read as a pod template. The activity fails at once with `message`, not
+/// retried (the same template would be refused again).
+pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, message: String, now: Timestamp) -> Plan {
     let mut p = Planner::new(activity, &[], planned.clone(), now);
-    let message = format!("the API server refused the worker pod: {api_message}");
     let failure = p.failure("PodCreationFailed", message.clone(), true);
     p.events.push(Event { warning: true, reason: "PodCreationFailed", message });
     p.record_attempt_if_live("Failed", Some(&failure));

@@ -522,8 +522,12 @@ fn conditions_keep_their_transition_time_while_unchanged() {
 fn a_pod_the_api_server_refuses_fails_the_activity_once() {
     let a = seed();
     let first = plan(&a, &[], at(0));
-    let p =
-        pod_rejected(&a, &first.status, "Pod \"job-1\" is invalid: spec.containers[0].image: Required value", at(10));
+    let p = pod_rejected(
+        &a,
+        &first.status,
+        "Pod \"job-1\" is invalid: spec.containers[0].image: Required value".into(),
+        at(10),
+    );
     assert_eq!(p.status.phase, Some(Phase::Failed));
     let f = p.status.last_failure.clone().unwrap();
     assert_eq!((f.type_.as_str(), f.non_retryable, f.attempt), ("PodCreationFailed", true, 1));

@@ -45,6 +45,8 @@ pub fn activity_label(activity: &str) -> String {
 pub enum BuildError {
     #[error("spec.template.spec is missing")]
     NoPodSpec,
+    #[error("spec.template is not a valid pod template: {0}")]
+    Template(#[source] activity_crds::TemplateError),
     #[error("the Activity has no name, namespace or uid yet")]
     NoIdentity,
 }
@@ -56,8 +58,8 @@ pub fn build_pod(activity: &Activity, attempt: i32, default_service_account: &st
     let name = activity.metadata.name.clone().ok_or(BuildError::NoIdentity)?;
     let namespace = activity.metadata.namespace.clone().ok_or(BuildError::NoIdentity)?;
     let owner = activity.controller_owner_ref(&()).ok_or(BuildError::NoIdentity)?;
-    let template = &activity.spec.template;
-    let mut spec: PodSpec = template.spec.clone().ok_or(BuildError::NoPodSpec)?;
+    let template = activity.spec.template.parse().map_err(BuildError::Template)?;
+    let mut spec: PodSpec = template.spec.ok_or(BuildError::NoPodSpec)?;
     spec.restart_policy = Some("Never".into());
     if spec.service_account_name.as_deref().unwrap_or("").is_empty() {
         spec.service_account_name = Some(default_service_account.to_string());
@@ -195,6 +197,16 @@ mod tests {
         assert_ne!(pod_name(&other, 12), n1, "different activities get different pods");
         assert_eq!(pod_name(&"x".repeat(61), 1).len(), 63);
         assert_eq!(activity_label(&long).len(), 63);
+    }
+
+    #[test]
+    fn a_template_that_is_no_pod_template_is_an_error_naming_the_field() {
+        // It passes the CRD schema (unknown fields are kept) and the Activity itself reads fine …
+        let a = activity("odd", json!({"spec": {"containers": [{"name": "w", "image": "x", "command": "sleep"}]}}));
+        // … but no pod can be built from it, and the error says where.
+        let err = build_pod(&a, 1, "activity-worker").expect_err("command must be a list").to_string();
+        assert!(err.contains("spec.containers[0].command"), "{err}");
+        assert!(err.starts_with("spec.template is not a valid pod template"), "{err}");
     }
 
     #[test]
