@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use activity_crds::{ATTEMPT_HISTORY, Activity, ActivityStatus, FINALIZER, OPERATOR_MANAGER};
 use futures::{Future, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
@@ -22,7 +22,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::events::{self, EventQueue};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, Event, Plan};
-use crate::pods::{self, PodView, pod_name};
+use crate::pods::{self, PodView, WorkerPod, pod_name};
 
 /// Status fields the worker owns; the operator never writes them.
 const WORKER_FIELDS: [&str; 3] = ["lastHeartbeatTime", "heartbeatDetails", "outcome"];
@@ -119,7 +119,7 @@ type Superseded = (Vec<String>, Instant);
 /// Shared state of the reconciler.
 pub struct Context {
     pub client: Client,
-    pub pods: Store<Pod>,
+    pub pods: Store<WorkerPod>,
     pods_ready: ReadyGate,
     pub events: EventQueue,
     pub metrics: Arc<Metrics>,
@@ -481,16 +481,10 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-/// What the pod cache keeps of a pod: everything the planner reads ([`PodView::from_pod`]: labels,
-/// owner, deletion, status, and the containers' names to find the worker's), not the rest of the
-/// spec (env, volumes, commands…), which is most of a pod's memory in a cache of thousands.
-fn slim_pod(pod: &mut Pod) {
+/// The pod cache keeps what [`WorkerPod`] reads, without managed fields and annotations.
+fn slim_pod(pod: &mut WorkerPod) {
     strip_managed_fields(pod);
-    if let Some(spec) = pod.spec.as_mut() {
-        let containers =
-            spec.containers.iter().map(|c| Container { name: c.name.clone(), ..Default::default() }).collect();
-        *spec = PodSpec { containers, ..Default::default() };
-    }
+    pod.metadata.annotations = None;
 }
 
 /// Runs the controller for one namespace (or all) until `shutdown` resolves.
@@ -501,7 +495,7 @@ pub async fn run(
     reporter: events::Reporter,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (acts, pods): (Api<Activity>, Api<Pod>) = match &settings.namespace {
+    let (acts, pods): (Api<Activity>, Api<WorkerPod>) = match &settings.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
@@ -560,7 +554,7 @@ mod tests {
     /// Virtual time (paused clock): a waiter that was not woken shows 30 s elapsed.
     #[tokio::test(start_paused = true)]
     async fn every_concurrent_waiter_sees_the_store_ready() {
-        let (store, mut writer) = reflector::store::<Pod>();
+        let (store, mut writer) = reflector::store::<WorkerPod>();
         let gate = ReadyGate::of(&store);
         let start = tokio::time::Instant::now();
         let waiters: Vec<_> = (0..8)
@@ -578,7 +572,7 @@ mod tests {
             assert!(waited < Duration::from_secs(1), "a waiter was not woken: it waited {waited:?}");
         }
         // And a store that never lists is reported as not ready after the limit.
-        let (never, _writer) = reflector::store::<Pod>();
+        let (never, _writer) = reflector::store::<WorkerPod>();
         assert!(!ReadyGate::of(&never).wait(Duration::from_secs(30)).await);
     }
 
@@ -630,24 +624,34 @@ mod tests {
     }
 
     #[test]
-    fn the_slim_pod_keeps_what_the_planner_reads() {
-        let mut pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "a-1", "labels": {"heartbeat.dev/attempt": "1"},
-                         "managedFields": [{"manager": "x"}]},
+    fn the_cached_pod_keeps_what_the_planner_reads() {
+        let full = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a-1", "namespace": "ns", "labels": {"heartbeat.dev/attempt": "1"},
+                         "annotations": {"big": "x".repeat(4096)}, "managedFields": [{"manager": "x"}],
+                         "ownerReferences": [{"apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
+                                              "name": "a", "uid": "u1", "controller": true}]},
             "spec": {"containers": [
-                {"name": "side", "image": "y", "env": [{"name": "BIG", "value": "x".repeat(4096)}]},
-                {"name": "w", "image": "x", "command": ["sleep", "1"]}]},
-            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "w", "image": "x", "command": ["sleep", "1"], "env": [{"name": "BIG", "value": "x".repeat(4096)}]},
+                {"name": "side", "image": "y"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "containerStatuses": [
                 {"name": "side", "image": "y", "imageID": "", "ready": true, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 1}}},
+                {"name": "w", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
                  "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}
-        }))
-        .expect("pod");
-        let before = PodView::from_pod(&pod);
+        });
+        let mut pod: WorkerPod = serde_json::from_value(full).expect("pod");
         slim_pod(&mut pod);
-        assert_eq!(PodView::from_pod(&pod), before);
-        let spec = pod.spec.as_ref().expect("spec");
-        assert_eq!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["side", "w"]);
-        assert!(spec.containers.iter().all(|c| c.env.is_none() && c.image.is_none()));
-        assert!(pod.metadata.managed_fields.is_none());
+        let view = PodView::from_pod(&pod);
+        assert_eq!(view.attempt, Some(1));
+        assert!(matches!(view.worker, pods::WorkerState::Running { started_at: Some(_) }), "{view:?}");
+        assert!(pod.metadata.managed_fields.is_none() && pod.metadata.annotations.is_none());
+        // The controller maps a pod to its Activity by this owner reference.
+        assert_eq!(pod.owner_references().first().map(|o| o.uid.as_str()), Some("u1"));
+        // It is watched as a Pod.
+        assert_eq!(
+            (WorkerPod::kind(&()), WorkerPod::plural(&()), WorkerPod::api_version(&())),
+            ("Pod".into(), "pods".into(), "v1".into())
+        );
     }
 }
