@@ -383,10 +383,10 @@ fn duration_schema(_: &mut SchemaGenerator) -> Schema {
 ///
 /// The schema checks the template's shape (see `template_schema`) but keeps unknown fields, so an
 /// object can pass it and still not read as a `PodTemplateSpec` (`command: "sleep"` instead of a
-/// list, say). Kept typed, such an object would fail to decode in the operator's watch and stall
-/// every activity with it; kept as text, only that activity fails, naming the problem. The text is
-/// also a fraction of the memory of the typed template (over 4 KiB for a single container, most
-/// of it empty optional fields) in an operator that caches thousands of activities.
+/// list, say). Kept typed, such an object failed to decode in the operator's watch: it never ran,
+/// never got a status, and the watch logged errors. Kept as text, that activity fails, naming the
+/// problem. The text is also a fraction of the memory of the typed template (over 4 KiB for a
+/// single container, most of it empty optional fields) in an operator that caches thousands.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct PodTemplate(Box<RawValue>);
@@ -406,14 +406,6 @@ impl PodTemplate {
 
 /// Why a [`PodTemplate`] does not read as a pod template; its `Display` starts with the field's path.
 pub type TemplateError = serde_path_to_error::Error<serde_json::Error>;
-
-impl TryFrom<&PodTemplateSpec> for PodTemplate {
-    type Error = serde_json::Error;
-
-    fn try_from(spec: &PodTemplateSpec) -> Result<Self, Self::Error> {
-        serde_json::value::to_raw_value(spec).map(PodTemplate)
-    }
-}
 
 impl PartialEq for PodTemplate {
     fn eq(&self, other: &Self) -> bool {
