@@ -388,14 +388,15 @@ async fn heartbeats_keep_an_attempt_alive_and_the_timeout_counts_from_the_last_o
     let s = Scenario::new("op-alive").await;
     s.create(
         "alive",
-        json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "3s", "retryPolicy": {"maximumAttempts": 1},
+        json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "6s", "retryPolicy": {"maximumAttempts": 1},
                "template": shell("sleep 3600")}),
     )
     .await;
     s.wait_phase("alive", Phase::Running, 60).await;
     // Heartbeats wake no reconcile; the deadline timer must read each one from the cache and move on.
+    // 14 heartbeats a second apart outlive two heartbeatTimeouts, with 5 s to spare for each PATCH.
     let mut last = None;
-    for i in 0..8 {
+    for i in 0..14 {
         let a = s.heartbeat("alive", 1, json!({"i": i})).await.expect("heartbeat");
         assert_eq!(phase_of(&a), Some(Phase::Running), "killed while heartbeating (heartbeat {i})");
         last = status(&a).last_heartbeat_time.map(|t| t.0);
@@ -408,7 +409,7 @@ async fn heartbeats_keep_an_attempt_alive_and_the_timeout_counts_from_the_last_o
     assert_eq!(f.timeout_type, Some(TimeoutType::Heartbeat));
     let last = last.expect("a heartbeat time");
     let gap = f.time.0.duration_since(last);
-    assert!(gap >= SignedDuration::from_secs(3), "enforced {gap:?} after the last heartbeat, before heartbeatTimeout");
+    assert!(gap >= SignedDuration::from_secs(6), "enforced {gap:?} after the last heartbeat, before heartbeatTimeout");
     s.finish().await;
 }
 
