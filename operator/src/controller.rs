@@ -224,22 +224,35 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
         return Err(Error::PodCacheNotReady);
     }
     let pods = ctx.pods_of(&act);
-    let act = if planner::exit_needs_fresh_read(&act, &pods) {
-        let api: Api<Activity> = Api::namespaced(ctx.client.clone(), &act.namespace().unwrap_or_default());
-        match api.get_opt(&act.name_any()).await.map_err(kube_err("get activity"))? {
-            Some(fresh) => Arc::new(fresh),
-            None => return Ok(Requeue::await_change()),
-        }
-    } else {
-        act
-    };
-    let plan = planner::plan(&act, &pods, Timestamp::now());
-    let result = execute(&act, plan, &ctx, &key).await;
+    // The cached copy may lag behind what the worker wrote (its outcome, its last heartbeat).
+    // Before an attempt is judged on such data, the Activity is read afresh (a quorum read).
+    let cached_version = act.resource_version();
+    let mut act = act;
+    let mut fresh = false;
+    if planner::exit_needs_fresh_read(&act, &pods) {
+        ctx.metrics.fresh_read("exit");
+        let Some(read) = read_afresh(&ctx, &act).await? else { return Ok(Requeue::await_change()) };
+        (act, fresh) = (read, true);
+    }
+    let mut plan = planner::plan(&act, &pods, Timestamp::now());
+    if !fresh && planner::timeout_needs_fresh_read(&act, &plan) {
+        ctx.metrics.fresh_read("timeout");
+        let Some(read) = read_afresh(&ctx, &act).await? else { return Ok(Requeue::await_change()) };
+        act = read;
+        plan = planner::plan(&act, &pods, Timestamp::now());
+    }
+    let result = execute(&act, cached_version, plan, &ctx, &key).await;
     ctx.metrics.observe_reconcile(started.elapsed());
     if result.is_ok() {
         lock(&ctx.failures).remove(&key);
     }
     result
+}
+
+/// The Activity as the API server has it now; `None` once it is gone.
+async fn read_afresh(ctx: &Context, act: &Activity) -> Result<Option<Arc<Activity>>, Error> {
+    let api: Api<Activity> = Api::namespaced(ctx.client.clone(), &act.namespace().unwrap_or_default());
+    Ok(api.get_opt(&act.name_any()).await.map_err(kube_err("get activity"))?.map(Arc::new))
 }
 
 /// Transient API errors: per-object exponential backoff with jitter (200 ms doubling to 2 min),
@@ -260,14 +273,23 @@ pub fn error_policy(act: Arc<Activity>, error: &Error, ctx: Arc<Context>) -> Req
     Requeue::requeue(delay)
 }
 
-async fn execute(act: &Activity, plan: Plan, ctx: &Context, key: &ObjectRef<Activity>) -> Result<Requeue, Error> {
+/// Carries out `plan`, made from `act`. `cached_version` is the version the cache showed, when
+/// `act` was read afresh instead: our writes make it out of date too.
+async fn execute(
+    act: &Activity,
+    cached_version: Option<String>,
+    plan: Plan,
+    ctx: &Context,
+    key: &ObjectRef<Activity>,
+) -> Result<Requeue, Error> {
     let ns = act.namespace().unwrap_or_default();
     let name = act.name_any();
     let acts: Api<Activity> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Versions of the object that our writes below make out of date.
-    let mut superseded: Vec<String> = act.resource_version().into_iter().collect();
+    let mut superseded: Vec<String> = act.resource_version().into_iter().chain(cached_version).collect();
+    superseded.dedup();
     let mut finalized = None;
     if plan.has(&Action::AddFinalizer) {
         finalized = add_finalizer(&acts, act).await?.resource_version();

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub events_dropped: Counter,
     /// Unfinished activities whose next deadline is armed as a timer.
     pub deadlines_armed: Gauge,
+    /// Activities read afresh from the API server before judging an attempt, by why
+    /// (`exit`: the worker exited with no outcome in the cache; `timeout`: a deadline lapsed in the cache).
+    pub fresh_reads: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,6 +54,7 @@ impl Default for Metrics {
         let heartbeat_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let events_dropped = Counter::default();
         let deadlines_armed = Gauge::default();
+        let fresh_reads = Family::<KindLabel, Counter>::default();
         registry.register("attempts", "Attempts started", attempts.clone());
         registry.register("outcomes", "Activities finished, by terminal phase", outcomes.clone());
         registry.register("timeouts", "Deadlines that lapsed, by timeout type", timeouts.clone());
@@ -73,6 +77,11 @@ impl Default for Metrics {
             "Unfinished activities whose next deadline is armed as a timer (after a restart: all of them once the first pass is done)",
             deadlines_armed.clone(),
         );
+        registry.register(
+            "fresh_reads",
+            "Activities read afresh before judging an attempt (the cache may lag behind the worker), by why",
+            fresh_reads.clone(),
+        );
         Metrics {
             registry,
             attempts,
@@ -85,6 +94,7 @@ impl Default for Metrics {
             heartbeat_lag,
             events_dropped,
             deadlines_armed,
+            fresh_reads,
         }
     }
 }
@@ -92,6 +102,10 @@ impl Default for Metrics {
 impl Metrics {
     pub fn write(&self, kind: &str) {
         self.api_writes.get_or_create(&KindLabel { kind: kind.into() }).inc();
+    }
+
+    pub fn fresh_read(&self, why: &str) {
+        self.fresh_reads.get_or_create(&KindLabel { kind: why.into() }).inc();
     }
 
     /// Counts what an event reason says happened.

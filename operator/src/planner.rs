@@ -125,6 +125,16 @@ pub fn exit_needs_fresh_read(activity: &Activity, pods: &[PodView]) -> bool {
     live && exited && !reported
 }
 
+/// Whether `plan` ends the current attempt on a timeout that it has just found lapsed. `activity`
+/// is the controller's cached copy, and the watch may lag behind a heartbeat or an outcome that
+/// reached the API server before the deadline. Before enforcing the timeout, the controller then
+/// reads the Activity afresh and plans again, so a worker that was in time is never cut off.
+pub fn timeout_needs_fresh_read(activity: &Activity, plan: &Plan) -> bool {
+    let before = activity.status.as_ref().and_then(|s| s.last_failure.as_ref());
+    let after = plan.status.last_failure.as_ref();
+    after.is_some_and(|f| f.timeout_type.is_some()) && after != before
+}
+
 /// The attempt's pod cannot be made: the API server refused it (e.g. an invalid template) or the
 /// template does not read as a pod template. The activity fails at once with `message`, not
 /// retried (the same template would be refused again).

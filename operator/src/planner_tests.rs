@@ -557,3 +557,28 @@ fn an_exit_without_an_outcome_asks_for_a_fresh_read_first() {
     done.status.as_mut().unwrap().phase = Some(Phase::Succeeded);
     assert!(!exit_needs_fresh_read(&done, &[exited(1, Some(0), "Completed", false)]), "already judged");
 }
+
+#[test]
+fn a_timeout_found_in_the_cache_asks_for_a_fresh_read_first() {
+    let cached = running_activity(seed(), 1, 1_000);
+    let lapsed = plan(&cached, &[running(1, 0)], at(6_000));
+    assert!(timeout_needs_fresh_read(&cached, &lapsed), "heartbeat deadline lapsed in the cached copy");
+    // The fresh copy holds a heartbeat that reached the API server in time: no timeout, no second read.
+    let mut fresh = cached.clone();
+    fresh.status.as_mut().unwrap().last_heartbeat_time = Some(MicroTime(at(5_500)));
+    let replanned = plan(&fresh, &[running(1, 0)], at(6_000));
+    assert_eq!(replanned.status.last_failure, None);
+    assert!(!timeout_needs_fresh_read(&fresh, &replanned));
+    // Start-to-close too: an outcome may be in flight just the same.
+    let s2c = running_activity(activity(json!({"startToCloseTimeout": "10s"})), 1, 1_000);
+    assert!(timeout_needs_fresh_read(&s2c, &plan(&s2c, &[running(1, 0)], at(11_000))));
+    // Not before the deadline, nor for a failure the status already records (backing off).
+    assert!(!timeout_needs_fresh_read(&cached, &plan(&cached, &[running(1, 0)], at(5_999))));
+    let backing_off = applied(cached, &lapsed);
+    let waiting_retry = plan(&backing_off, &[exited(1, Some(143), "Error", false)], at(6_500));
+    assert!(!timeout_needs_fresh_read(&backing_off, &waiting_retry));
+    // A failure that is not a timeout (an exit judged by its code) is not one.
+    let crashed = plan(&running_activity(seed(), 1, 1_000), &[exited(1, Some(1), "Error", false)], at(2_000));
+    assert!(crashed.status.last_failure.is_some());
+    assert!(!timeout_needs_fresh_read(&running_activity(seed(), 1, 1_000), &crashed));
+}

@@ -98,6 +98,25 @@ impl Operator {
         let _ = self.child.wait();
     }
 
+    /// Freezes the operator (SIGSTOP): its timers and watches stand still while the API server
+    /// goes on, as when the operator is starved of CPU or its watch lags.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused operator go on (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, which: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill").args([which, &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill {which} {}: {status}", self.child.id());
+        }
+        Ok(())
+    }
+
     /// GET on the operator's HTTP port.
     pub async fn get(&self, path: &str) -> anyhow::Result<String> {
         http_get(self.metrics_port, path).await

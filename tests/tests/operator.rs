@@ -10,7 +10,7 @@ use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
 use activity_tests::{TestNs, kubectl, wait_for};
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::jiff::SignedDuration;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -87,7 +87,7 @@ impl Scenario {
 
     /// A heartbeat as the worker of `attempt` sends it.
     async fn heartbeat(&self, name: &str, attempt: i32, details: Value) -> Result<Activity, kube::Error> {
-        let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
         self.worker_patch(
             name,
             json!([
@@ -410,6 +410,40 @@ async fn heartbeats_keep_an_attempt_alive_and_the_timeout_counts_from_the_last_o
     let last = last.expect("a heartbeat time");
     let gap = f.time.0.duration_since(last);
     assert!(gap >= SignedDuration::from_secs(6), "enforced {gap:?} after the last heartbeat, before heartbeatTimeout");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_in_time_keeps_the_attempt_even_when_the_operator_sees_it_late() {
+    let s = Scenario::new("op-late").await;
+    s.create(
+        "late",
+        json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "8s", "retryPolicy": {"maximumAttempts": 1},
+               "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("late", Phase::Running, 60).await;
+    s.heartbeat("late", 1, json!({"i": 0})).await.expect("heartbeat 0");
+    let first = Timestamp::now();
+    // The operator is frozen while the worker heartbeats in time, and wakes after the deadline
+    // counted from the heartbeat it last saw: its cache has not seen the new one yet.
+    s.op.pause().expect("SIGSTOP the operator");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let beat = s.heartbeat("late", 1, json!({"i": 1})).await;
+    let late_by =
+        (SignedDuration::from_millis(9_500) - Timestamp::now().duration_since(first)).max(SignedDuration::ZERO);
+    tokio::time::sleep(late_by.unsigned_abs()).await;
+    s.op.resume().expect("SIGCONT the operator");
+    let beat = beat.expect("heartbeat 1");
+    let last = status(&beat).last_heartbeat_time.expect("lastHeartbeatTime").0;
+    // Only the heartbeat that was in time counts: the attempt times out 8 s after it, not at once.
+    let a = s.wait_phase("late", Phase::TimedOut, 30).await;
+    let f = status(&a).last_failure.expect("lastFailure");
+    assert_eq!((f.attempt, f.timeout_type), (1, Some(TimeoutType::Heartbeat)));
+    let gap = f.time.0.duration_since(last);
+    assert!(gap >= SignedDuration::from_secs(8), "timed out {gap:?} after a heartbeat that was in time");
+    let reads = s.op.counter("activity_operator_fresh_reads_total").await.expect("metrics");
+    assert!(reads >= 1.0, "the timeout was enforced without reading the Activity afresh");
     s.finish().await;
 }
 
