@@ -113,6 +113,52 @@ impl ReadyGate {
     }
 }
 
+/// Pods the operator created that its pod cache may not show yet. The pod watch and the Activity
+/// watch are separate streams: the operator's own status write wakes a reconcile that can run before
+/// the new pod reaches the cache, and it would plan the pod again only to be told AlreadyExists
+/// (603 extra creates for 1,000 activities in `activity-bench deadline --n 1000`). A pod is
+/// remembered until the cache shows it, for at most [`CreatedPods::PATIENCE`]; after that the
+/// planner creates it again, which is harmless (same name).
+#[derive(Default)]
+struct CreatedPods(Mutex<HashMap<CreatedPod, Instant>>);
+
+/// A pod, and the uid of the activity it was created for (a recreated activity of the same name
+/// has its own).
+type CreatedPod = (ObjectRef<WorkerPod>, String);
+
+impl CreatedPods {
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    fn record(&self, pod: CreatedPod, now: Instant) {
+        let mut created = lock(&self.0);
+        if created.len() >= 1024 {
+            created.retain(|_, at| now.saturating_duration_since(*at) < Self::PATIENCE);
+        }
+        created.insert(pod, now);
+    }
+
+    /// Whether `pod`, which the cache does not show, was created recently enough to wait for it.
+    fn awaited(&self, pod: &CreatedPod, now: Instant) -> bool {
+        let mut created = lock(&self.0);
+        match created.get(pod) {
+            Some(at) if now.saturating_duration_since(*at) < Self::PATIENCE => true,
+            Some(_) => {
+                created.remove(pod);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The cache shows `pod`: no need to remember it.
+    fn seen(&self, pod: &CreatedPod) {
+        let mut created = lock(&self.0);
+        if !created.is_empty() {
+            created.remove(pod);
+        }
+    }
+}
+
 /// Resource versions out of date after our own writes, and until when to believe so.
 type Superseded = (Vec<String>, Instant);
 
@@ -134,6 +180,7 @@ pub struct Context {
     heartbeats: Mutex<HashMap<ObjectRef<Activity>, Timestamp>>,
     /// Unfinished activities with an armed deadline timer (the `deadlines_armed` gauge).
     armed: Mutex<HashSet<ObjectRef<Activity>>>,
+    created: CreatedPods,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,7 +188,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Context {
-    /// The pods of the activity's recent attempts, from the cache, by their deterministic names.
+    /// The pods of the activity's recent attempts, from the cache, by their deterministic names;
+    /// the current attempt's pod also when the operator has just created it and the cache does not
+    /// show it yet.
     fn pods_of(&self, act: &Activity) -> Vec<PodView> {
         let (Some(ns), Some(uid)) = (act.namespace(), act.uid()) else {
             return vec![];
@@ -149,11 +198,23 @@ impl Context {
         let current = act.status.as_ref().and_then(|s| s.attempt).unwrap_or(0);
         let first = (current - ATTEMPT_HISTORY as i32).max(1);
         let name = act.name_any();
-        (first..=current)
-            .filter_map(|n| self.pods.get(&ObjectRef::new(&pod_name(&name, n)).within(&ns)))
-            .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
-            .map(|p| PodView::from_pod(&p))
-            .collect()
+        let mut views = Vec::new();
+        for n in first..=current {
+            let key = (ObjectRef::new(&pod_name(&name, n)).within(&ns), uid.clone());
+            match self.pods.get(&key.0) {
+                Some(pod) => {
+                    self.created.seen(&key);
+                    if pod.owner_references().iter().any(|o| o.uid == uid) {
+                        views.push(PodView::from_pod(&pod));
+                    }
+                }
+                None if n == current && self.created.awaited(&key, Instant::now()) => {
+                    views.push(PodView::created(key.0.name, n));
+                }
+                None => {}
+            }
+        }
+        views
     }
 
     /// Heartbeat lag (receipt by the operator minus the worker's `lastHeartbeatTime`), once per
@@ -190,6 +251,11 @@ impl Context {
             }
             None => false,
         }
+    }
+
+    /// Until the cache shows a version other than `versions`, it has not caught up with our writes.
+    fn mark_stale(&self, key: &ObjectRef<Activity>, versions: Vec<String>) {
+        lock(&self.stale).insert(key.clone(), (versions, Instant::now() + Duration::from_secs(5)));
     }
 
     /// Drops the per-object memory of a finished activity (the stale-cache guard expires by itself).
@@ -249,6 +315,11 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     result
 }
 
+fn created_pod(act: &Activity, attempt: i32) -> CreatedPod {
+    let pod = ObjectRef::new(&pod_name(&act.name_any(), attempt)).within(&act.namespace().unwrap_or_default());
+    (pod, act.uid().unwrap_or_default())
+}
+
 /// The Activity as the API server has it now; `None` once it is gone.
 async fn read_afresh(ctx: &Context, act: &Activity) -> Result<Option<Arc<Activity>>, Error> {
     let api: Api<Activity> = Api::namespaced(ctx.client.clone(), &act.namespace().unwrap_or_default());
@@ -296,17 +367,18 @@ async fn execute(
         ctx.metrics.write("finalizer");
     }
     let current = act.status.clone().unwrap_or_default();
+    let mut written = None;
     if plan.status != current {
-        let written = write_status(&acts, &name, &plan.status).await?;
+        written = write_status(&acts, &name, &plan.status).await?.resource_version();
         ctx.metrics.write("status");
         // The finalizer patch's version is out of date too once the status is written.
         superseded.extend(finalized);
-        superseded.retain(|rv| written.resource_version().as_ref() != Some(rv));
+        superseded.retain(|rv| written.as_ref() != Some(rv));
     } else if !plan.has(&Action::AddFinalizer) {
         superseded.clear();
     }
     if !superseded.is_empty() {
-        lock(&ctx.stale).insert(key.clone(), (superseded, Instant::now() + Duration::from_secs(5)));
+        ctx.mark_stale(key, superseded.clone());
     }
     publish(ctx, act, &plan.events);
 
@@ -319,10 +391,12 @@ async fn execute(
                     Ok(pod) => match pods.create(&params, &pod).await {
                         Ok(_) => {
                             ctx.metrics.write("pod_create");
+                            ctx.created.record(created_pod(act, *attempt), Instant::now());
                             None
                         }
                         Err(e) if api_code(&e) == Some(409) => {
                             debug!("pod already exists");
+                            ctx.created.record(created_pod(act, *attempt), Instant::now());
                             None
                         }
                         Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
@@ -350,7 +424,7 @@ async fn execute(
                     write_status(&acts, &name, &rejected.status).await?;
                     ctx.metrics.write("status");
                     publish(ctx, act, &rejected.events);
-                    if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, &name).await? {
+                    if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, act).await? {
                         ctx.metrics.write("finalizer");
                     }
                     ctx.set_armed(key, false);
@@ -366,8 +440,13 @@ async fn execute(
         }
     }
     if plan.has(&Action::RemoveFinalizer) {
-        if remove_finalizer(&acts, &name).await? {
+        if remove_finalizer(&acts, act).await? {
             ctx.metrics.write("finalizer");
+            // Every version up to our status write still shows the finalizer: a reconcile woken
+            // meanwhile (the pod's deletion, say) would try to remove it again.
+            superseded.extend(act.resource_version());
+            superseded.extend(written);
+            ctx.mark_stale(key, superseded);
         }
         ctx.forget(key);
     }
@@ -416,15 +495,38 @@ async fn add_finalizer(acts: &Api<Activity>, act: &Activity) -> Result<Activity,
     acts.patch(&act.name_any(), &params, &Patch::Merge(&patch)).await.map_err(kube_err("add finalizer"))
 }
 
-/// Removes our finalizer with a JSON patch that tests its position first. Returns whether it wrote.
-async fn remove_finalizer(acts: &Api<Activity>, name: &str) -> Result<bool, Error> {
-    let fresh = match acts.get_opt(name).await.map_err(kube_err("get activity"))? {
-        Some(a) => a,
-        None => return Ok(false),
-    };
-    let Some(index) = fresh.finalizers().iter().position(|f| f == FINALIZER) else {
+/// Removes our finalizer with a JSON patch that tests its position first: at the position `act`
+/// (the cached copy) shows, and if that test fails, at the position a fresh read shows. Returns
+/// whether it wrote.
+async fn remove_finalizer(acts: &Api<Activity>, act: &Activity) -> Result<bool, Error> {
+    let name = act.name_any();
+    if let Some(index) = finalizer_index(act) {
+        match patch_out_finalizer(acts, &name, index).await? {
+            // The test failed: the finalizers changed since the cached copy.
+            Err(e) if matches!(api_code(&e), Some(409 | 422)) => {}
+            other => return other.map_err(kube_err("remove finalizer")),
+        }
+    }
+    let Some(fresh) = acts.get_opt(&name).await.map_err(kube_err("get activity"))? else {
         return Ok(false);
     };
+    let Some(index) = finalizer_index(&fresh) else {
+        return Ok(false);
+    };
+    patch_out_finalizer(acts, &name, index).await?.map_err(kube_err("remove finalizer"))
+}
+
+fn finalizer_index(act: &Activity) -> Option<usize> {
+    act.finalizers().iter().position(|f| f == FINALIZER)
+}
+
+/// Removes the finalizer at `index` if it is ours (a JSON patch `test` first): whether it wrote
+/// (not if the Activity is gone), or the API's error.
+async fn patch_out_finalizer(
+    acts: &Api<Activity>,
+    name: &str,
+    index: usize,
+) -> Result<Result<bool, kube::Error>, Error> {
     let path = format!("/metadata/finalizers/{index}");
     let patch: json_patch::Patch = serde_json::from_value(json!([
         { "op": "test", "path": path, "value": FINALIZER },
@@ -432,11 +534,11 @@ async fn remove_finalizer(acts: &Api<Activity>, name: &str) -> Result<bool, Erro
     ]))
     .map_err(Error::Serialize)?;
     let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
-    match acts.patch(name, &params, &Patch::<()>::Json(patch)).await {
+    Ok(match acts.patch(name, &params, &Patch::<()>::Json(patch)).await {
         Ok(_) => Ok(true),
         Err(e) if api_code(&e) == Some(404) => Ok(false),
-        Err(e) => Err(kube_err("remove finalizer")(e)),
-    }
+        Err(e) => Err(e),
+    })
 }
 
 /// Queues the events (published off the reconcile path, see [`crate::events`]).
@@ -536,6 +638,7 @@ pub async fn run(
         stale: Mutex::default(),
         heartbeats: Mutex::default(),
         armed: Mutex::default(),
+        created: CreatedPods::default(),
     });
     let lag = ctx.clone();
     let act_stream = watcher(acts, watcher::Config::default().any_semantic())
@@ -570,6 +673,28 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
     use kube::runtime::watcher::Event as WatchEvent;
+
+    #[test]
+    fn a_created_pod_is_awaited_until_the_cache_shows_it_or_for_the_patience() {
+        let created = CreatedPods::default();
+        let pod: CreatedPod = (ObjectRef::new("a-1").within("ns"), "uid-1".into());
+        let t0 = Instant::now();
+        assert!(!created.awaited(&pod, t0), "never created");
+        created.record(pod.clone(), t0);
+        assert!(created.awaited(&pod, t0 + Duration::from_secs(29)));
+        let recreated: CreatedPod = (pod.0.clone(), "uid-2".into());
+        assert!(!created.awaited(&recreated, t0), "a recreated activity of the same name has its own pod");
+        assert!(!created.awaited(&pod, t0 + CreatedPods::PATIENCE), "after the patience it is created again");
+        created.record(pod.clone(), t0);
+        created.seen(&pod);
+        assert!(!created.awaited(&pod, t0), "the cache shows it: nothing left to wait for");
+        // Entries the cache never showed (the activity was deleted) do not pile up.
+        for i in 0..1024 {
+            created.record((ObjectRef::new(&format!("old-{i}")).within("ns"), "u".into()), t0);
+        }
+        created.record(pod.clone(), t0 + CreatedPods::PATIENCE);
+        assert_eq!(lock(&created.0).len(), 1);
+    }
 
     /// Regression: with kube-runtime's own `wait_until_ready`, only one of several concurrent
     /// waiters woke up; the others sat out their timeout (30 s after every operator restart).

@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_bind_address: SocketAddr,
     /// Activities reconciled at the same time.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "CONCURRENCY", default_value_t = 256)]
     concurrency: u16,
     /// Namespaces to watch (repeat or comma-separate); none = every namespace.
     #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]

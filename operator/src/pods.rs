@@ -204,6 +204,16 @@ impl k8s_openapi::Metadata for WorkerPod {
 }
 
 impl PodView {
+    /// A pod the operator has just created and its cache does not show yet: not started.
+    pub fn created(name: String, attempt: i32) -> Self {
+        PodView {
+            name,
+            attempt: Some(attempt),
+            deleting: false,
+            worker: WorkerState::Waiting { reason: None, message: None },
+        }
+    }
+
     pub fn from_pod(pod: &WorkerPod) -> Self {
         let attempt = pod.labels().get(LABEL_ATTEMPT).and_then(|a| a.parse().ok());
         let status = pod.status.clone().unwrap_or_default();

@@ -74,13 +74,13 @@ pub async fn apply(cluster: &Cluster, m: usize) -> anyhow::Result<RunResult> {
 }
 
 /// The control plane's processes, by the pids `cluster.sh` recorded, and etcd's database file.
-struct ControlPlane {
+pub(crate) struct ControlPlane {
     pids: Vec<(String, u32)>,
     db: PathBuf,
 }
 
 impl ControlPlane {
-    fn of(cluster: &Cluster) -> anyhow::Result<Self> {
+    pub(crate) fn of(cluster: &Cluster) -> anyhow::Result<Self> {
         let dir = cluster.kubeconfig.parent().context("kubeconfig without a directory")?.to_path_buf();
         let mut pids = Vec::new();
         for c in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "process-node"] {
@@ -101,7 +101,7 @@ impl ControlPlane {
 }
 
 /// CPU of the operator and the control plane over a window, in millicores.
-struct CpuWindow {
+pub(crate) struct CpuWindow {
     started: Instant,
     operator: f64,
     plane: Vec<f64>,
@@ -109,18 +109,26 @@ struct CpuWindow {
 }
 
 impl CpuWindow {
-    fn start(op: &Operator, cp: &ControlPlane) -> anyhow::Result<Self> {
+    pub(crate) fn start(op: &Operator, cp: &ControlPlane) -> anyhow::Result<Self> {
         Ok(Self { started: Instant::now(), operator: op.cpu_seconds()?, plane: cp.cpu()?, db: cp.db_bytes() })
     }
 
+    /// CPU over the window, and the etcd database's growth per hour.
     fn finish(self, op: &Operator, cp: &ControlPlane, res: &mut RunResult) -> anyhow::Result<()> {
+        let wall = self.started.elapsed().as_secs_f64();
+        let grown = cp.db_bytes().saturating_sub(self.db) as f64;
+        self.finish_cpu(op, cp, res)?;
+        res.push("etcd db file growth, extrapolated per hour", grown / wall * 3600.0 / (1024.0 * 1024.0), "MiB/h");
+        Ok(())
+    }
+
+    /// CPU over the window, in millicores.
+    pub(crate) fn finish_cpu(self, op: &Operator, cp: &ControlPlane, res: &mut RunResult) -> anyhow::Result<()> {
         let wall = self.started.elapsed().as_secs_f64();
         res.push("operator CPU", (op.cpu_seconds()? - self.operator) / wall * 1e3, "millicores");
         for ((name, _), (after, before)) in cp.pids.iter().zip(cp.cpu()?.into_iter().zip(self.plane)) {
             res.push(format!("{name} CPU"), (after - before) / wall * 1e3, "millicores");
         }
-        let grown = cp.db_bytes().saturating_sub(self.db) as f64;
-        res.push("etcd db file growth, extrapolated per hour", grown / wall * 3600.0 / (1024.0 * 1024.0), "MiB/h");
         Ok(())
     }
 }

@@ -30,6 +30,9 @@ enum Cmd {
         timeout: u64,
         #[arg(long, value_enum, default_value_t = DeadlineKind::Heartbeat)]
         kind: DeadlineKind,
+        /// Activities only: skip the Jobs run side by side (for iterating on the operator).
+        #[arg(long)]
+        no_jobs: bool,
     },
     /// N trivial activities (and Jobs) at once: time to every pod and to every success.
     Throughput {
@@ -37,6 +40,9 @@ enum Cmd {
         quick: bool,
         #[arg(long, default_value_t = 100)]
         n: usize,
+        /// Activities only: skip the Jobs run side by side (for iterating on the operator).
+        #[arg(long)]
+        no_jobs: bool,
     },
     /// Operator writes per attempt and per heartbeat, heartbeat PATCH latency, operator RSS.
     Writes {
@@ -139,12 +145,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cluster = Cluster::from_env().await?;
     match cli.cmd {
-        Cmd::Deadline { quick, n, timeout, kind } => {
+        Cmd::Deadline { quick, n, timeout, kind, no_jobs } => {
             let (n, timeout) = if quick { (3, 2) } else { (n, timeout) };
-            scenarios::deadline(&cluster, n, timeout, kind).await?.print();
+            scenarios::deadline(&cluster, n, timeout, kind, !no_jobs).await?.print();
         }
-        Cmd::Throughput { quick, n } => {
-            scenarios::throughput(&cluster, if quick { 3 } else { n }).await?.print();
+        Cmd::Throughput { quick, n, no_jobs } => {
+            scenarios::throughput(&cluster, if quick { 3 } else { n }, !no_jobs).await?.print();
         }
         Cmd::Writes { quick, n, rounds } => {
             let (n, rounds) = if quick { (3, 2) } else { (n, rounds) };
@@ -204,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
                     let runs_n = big_once(n, repeats);
                     for r in 0..runs_n {
                         eprintln!("bench: deadline {kind:?} N={n} run {}/{runs_n}", r + 1);
-                        let res = scenarios::deadline(&cluster, n, timeout, kind).await?;
+                        let res = scenarios::deadline(&cluster, n, timeout, kind, true).await?;
                         res.print();
                         runs.push(res);
                     }
@@ -215,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
             let runs_n = big_once(throughput_n, repeats);
             for r in (0..runs_n).filter(|_| on("throughput")) {
                 eprintln!("bench: throughput N={throughput_n} run {}/{runs_n}", r + 1);
-                let res = scenarios::throughput(&cluster, throughput_n).await?;
+                let res = scenarios::throughput(&cluster, throughput_n, true).await?;
                 res.print();
                 runs.push(res);
             }

@@ -13,6 +13,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
+use crate::load::{ControlPlane, CpuWindow};
 use crate::{Bench, Cluster, Dist, FirstSeen, RunResult, now, secs, wait_for};
 
 /// Concurrent creates/patches in flight (a client applying "at once", without flooding the
@@ -97,8 +98,14 @@ fn job_patience(n: usize, base_secs: u64) -> Duration {
 }
 
 /// `deadline`: N activities whose workers never heartbeat (or never finish), then N Jobs with
-/// `activeDeadlineSeconds`, one after the other in the same run and namespace.
-pub async fn deadline(cluster: &Cluster, n: usize, timeout_secs: u64, kind: DeadlineKind) -> anyhow::Result<RunResult> {
+/// `activeDeadlineSeconds`, one after the other in the same run and namespace (unless `!jobs`).
+pub async fn deadline(
+    cluster: &Cluster,
+    n: usize,
+    timeout_secs: u64,
+    kind: DeadlineKind,
+    jobs: bool,
+) -> anyhow::Result<RunResult> {
     let bench = Bench::new(cluster, "bench-deadline").await?;
     let acts: Api<Activity> = bench.api();
     let mut res = RunResult::new(format!("deadline ({kind:?}), N={n}, timeout {timeout_secs}s"));
@@ -114,10 +121,14 @@ pub async fn deadline(cluster: &Cluster, n: usize, timeout_secs: u64, kind: Dead
             "retryPolicy": {"maximumAttempts": 1}, "template": shell("sleep 3600")}),
     };
     let objs = (0..n).map(|i| activity(&format!("act-{i}"), spec.clone())).collect::<anyhow::Result<Vec<_>>>()?;
+    let cp = ControlPlane::of(cluster)?;
+    let cpu = CpuWindow::start(&bench.op, &cp)?;
     let t0 = Instant::now();
     create_all(&acts, objs).await?;
     res.push("activities: create all", t0.elapsed().as_secs_f64() * 1e3, "ms");
     watch.wait(n, patience(n, timeout_secs), "every activity terminal").await?;
+    res.push("activities: create -> every one terminal", t0.elapsed().as_secs_f64() * 1e3, "ms");
+    cpu.finish_cpu(&bench.op, &cp, &mut res)?;
     let mut lat = Vec::new();
     let mut own = Vec::new();
     for (name, (seen, a)) in watch.snapshot() {
@@ -149,6 +160,10 @@ pub async fn deadline(cluster: &Cluster, n: usize, timeout_secs: u64, kind: Dead
     drop(watch);
     res.push_dist_ms("activities: deadline -> watch shows TimedOut", &lat);
     res.push_dist_ms("activities: deadline -> lastFailure.time (operator clock)", &own);
+    if !jobs {
+        bench.finish(patience(n, 0)).await?;
+        return Ok(res);
+    }
 
     // Jobs, the same N, after the activities are done.
     let jobs: Api<Job> = bench.api();
@@ -190,8 +205,8 @@ pub async fn deadline(cluster: &Cluster, n: usize, timeout_secs: u64, kind: Dead
     Ok(res)
 }
 
-/// `throughput`: N trivial activities created at once, then N trivial Jobs.
-pub async fn throughput(cluster: &Cluster, n: usize) -> anyhow::Result<RunResult> {
+/// `throughput`: N trivial activities created at once, then N trivial Jobs (unless `!jobs`).
+pub async fn throughput(cluster: &Cluster, n: usize, jobs: bool) -> anyhow::Result<RunResult> {
     let bench = Bench::new(cluster, "bench-throughput").await?;
     let mut res = RunResult::new(format!("throughput, N={n}"));
     let pods: Api<Pod> = bench.api();
@@ -203,10 +218,13 @@ pub async fn throughput(cluster: &Cluster, n: usize) -> anyhow::Result<RunResult
     let watch = FirstSeen::start(acts.clone(), |a: &Activity| is_terminal(phase_of(a))).await?;
     let spec = json!({"startToCloseTimeout": "5m", "retryPolicy": {"maximumAttempts": 1}, "template": shell("true")});
     let objs = (0..n).map(|i| activity(&format!("act-{i}"), spec.clone())).collect::<anyhow::Result<Vec<_>>>()?;
+    let cp = ControlPlane::of(cluster)?;
+    let cpu = CpuWindow::start(&bench.op, &cp)?;
     let t0 = now();
     let created = create_all(&acts, objs).await?;
     res.push("activities: create all (client)", (now() - t0) * 1e3, "ms");
     watch.wait(n, patience(n, 0), "every activity terminal").await?;
+    cpu.finish_cpu(&bench.op, &cp, &mut res)?;
     let done = watch.snapshot();
     for (name, (_, a)) in &done {
         ensure!(phase_of(a) == Some(Phase::Succeeded), "{name} ended {:?}, not Succeeded", phase_of(a));
@@ -224,6 +242,11 @@ pub async fn throughput(cluster: &Cluster, n: usize) -> anyhow::Result<RunResult
     res.push("activities: first create -> every activity Succeeded", (last_done - t0) * 1e3, "ms");
     res.push_dist_ms("activities: create returned -> its pod seen", &to_pod);
     drop(watch);
+    if !jobs {
+        drop(pod_watch);
+        bench.finish(patience(n, 0)).await?;
+        return Ok(res);
+    }
 
     // Jobs.
     let jobs: Api<Job> = bench.api();

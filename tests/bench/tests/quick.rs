@@ -9,9 +9,9 @@ use activity_bench::scenarios::{self, DeadlineKind};
 #[tokio::test]
 async fn quick_scenarios() {
     let cluster = Cluster::connect(&activity_tests::kubeconfig_path()).await.expect("local cluster (make cluster)");
-    let deadline = scenarios::deadline(&cluster, 3, 2, DeadlineKind::Heartbeat).await.expect("deadline --quick");
+    let deadline = scenarios::deadline(&cluster, 3, 2, DeadlineKind::Heartbeat, true).await.expect("deadline --quick");
     deadline.print();
-    let throughput = scenarios::throughput(&cluster, 3).await.expect("throughput --quick");
+    let throughput = scenarios::throughput(&cluster, 3, true).await.expect("throughput --quick");
     throughput.print();
     let writes = scenarios::writes(&cluster, 3, 2).await.expect("writes --quick");
     writes.print();
