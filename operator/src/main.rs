@@ -10,6 +10,7 @@ use activity_operator::metrics::Metrics;
 use activity_operator::server::{self, Health};
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -89,7 +90,7 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args);
-    let client = activity_operator::client::infer().await.context("connecting to the Kubernetes API")?;
+    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
     let version = client.apiserver_version().await.context("asking the API server for its version")?;
     info!(server = %version.git_version, "connected to the API server");
 

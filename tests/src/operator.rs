@@ -117,32 +117,6 @@ impl Operator {
         Ok(())
     }
 
-    /// The operator's established TCP connections to `port` on 127.0.0.1 (from /proc: its socket
-    /// file descriptors, looked up in the kernel's TCP tables).
-    pub fn connections_to(&self, port: u16) -> anyhow::Result<usize> {
-        let pid = self.child.id();
-        let mut inodes = std::collections::HashSet::new();
-        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-            let target = std::fs::read_link(fd?.path()).unwrap_or_default();
-            if let Some(inode) = target.to_str().and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')) {
-                inodes.insert(inode.to_string());
-            }
-        }
-        let mut n = 0;
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
-                // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let (Some(remote), Some(state), Some(inode)) = (f.get(2), f.get(3), f.get(9)) else { continue };
-                let remote_port = remote.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-                if *state == "01" && remote_port == Some(port) && inodes.contains(*inode) {
-                    n += 1;
-                }
-            }
-        }
-        Ok(n)
-    }
-
     /// GET on the operator's HTTP port.
     pub async fn get(&self, path: &str) -> anyhow::Result<String> {
         http_get(self.metrics_port, path).await

@@ -448,27 +448,6 @@ async fn a_heartbeat_in_time_keeps_the_attempt_even_when_the_operator_sees_it_la
 }
 
 #[tokio::test]
-async fn the_operator_talks_to_the_api_server_over_one_connection() {
-    let s = Scenario::new("op-conn").await;
-    // Requests in flight together: two watches and the lease, and ten activities reconciled at once.
-    let spec = json!({"startToCloseTimeout": "5m", "template": shell("sleep 3600")});
-    let scenario = &s;
-    futures::future::join_all((0..10).map(|i| {
-        let spec = spec.clone();
-        async move { scenario.create(&format!("c{i}"), spec).await }
-    }))
-    .await;
-    for i in 0..10 {
-        s.wait_phase(&format!("c{i}"), Phase::Running, 60).await;
-    }
-    let config = kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions::default()).await.expect("kubeconfig");
-    let port = config.cluster_url.port_u16().expect("the API server's port");
-    let open = s.op.connections_to(port).expect("the operator's sockets");
-    assert_eq!(open, 1, "connections to the API server (HTTP/1.1 would need one per request in flight)");
-    s.finish().await;
-}
-
-#[tokio::test]
 async fn cancel_requested_stops_the_worker_and_keeps_the_object() {
     let s = Scenario::new("op-cancel").await;
     s.create(
