@@ -162,6 +162,14 @@ impl CreatedPods {
 /// Resource versions out of date after our own writes, and until when to believe so.
 type Superseded = (Vec<String>, Instant);
 
+/// Drops expired entries once the map is large: an entry is otherwise removed only when its
+/// activity is reconciled again, which a deleted activity never is.
+fn prune_expired(stale: &mut HashMap<ObjectRef<Activity>, Superseded>, now: Instant) {
+    if stale.len() >= 1024 {
+        stale.retain(|_, (_, until)| now < *until);
+    }
+}
+
 /// Shared state of the reconciler.
 pub struct Context {
     pub client: Client,
@@ -255,7 +263,10 @@ impl Context {
 
     /// Until the cache shows a version other than `versions`, it has not caught up with our writes.
     fn mark_stale(&self, key: &ObjectRef<Activity>, versions: Vec<String>) {
-        lock(&self.stale).insert(key.clone(), (versions, Instant::now() + Duration::from_secs(5)));
+        let now = Instant::now();
+        let mut stale = lock(&self.stale);
+        prune_expired(&mut stale, now);
+        stale.insert(key.clone(), (versions, now + Duration::from_secs(5)));
     }
 
     /// Drops the per-object memory of a finished activity (the stale-cache guard expires by itself).
@@ -694,6 +705,20 @@ mod tests {
         }
         created.record(pod.clone(), t0 + CreatedPods::PATIENCE);
         assert_eq!(lock(&created.0).len(), 1);
+    }
+
+    #[test]
+    fn expired_stale_marks_of_deleted_activities_do_not_pile_up() {
+        let t0 = Instant::now();
+        let mut stale = HashMap::new();
+        for i in 0..1023 {
+            stale.insert(ObjectRef::new(&format!("gone-{i}")).within("ns"), (vec!["1".into()], t0));
+        }
+        stale.insert(ObjectRef::new("live").within("ns"), (vec!["2".into()], t0 + Duration::from_secs(5)));
+        prune_expired(&mut stale, t0 + Duration::from_secs(1));
+        assert_eq!(stale.len(), 1, "only the mark that has not expired is kept");
+        prune_expired(&mut stale, t0 + Duration::from_secs(10));
+        assert_eq!(stale.len(), 1, "a small map is left alone");
     }
 
     /// Regression: with kube-runtime's own `wait_until_ready`, only one of several concurrent
