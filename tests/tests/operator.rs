@@ -60,6 +60,24 @@ impl Scenario {
         self.wait(name, secs, &format!("phase {phase:?}"), |a| phase_of(a) == Some(phase)).await
     }
 
+    /// Creates a single-attempt activity whose worker sleeps (the test heartbeats for it) and waits
+    /// until it runs.
+    async fn start_silent_worker(&self, name: &str, heartbeat_timeout_secs: u64) {
+        let spec = json!({"startToCloseTimeout": "5m", "heartbeatTimeout": format!("{heartbeat_timeout_secs}s"),
+                          "retryPolicy": {"maximumAttempts": 1}, "template": shell("sleep 3600")});
+        self.create(name, spec).await;
+        self.wait_phase(name, Phase::Running, 60).await;
+    }
+
+    /// Waits for the activity to time out on its heartbeat and returns how long after `last_beat`
+    /// the operator enforced it.
+    async fn heartbeat_timeout_after(&self, name: &str, last_beat: Timestamp) -> SignedDuration {
+        let a = self.wait_phase(name, Phase::TimedOut, 30).await;
+        let f = status(&a).last_failure.expect("lastFailure");
+        assert_eq!((f.attempt, f.timeout_type), (1, Some(TimeoutType::Heartbeat)));
+        f.time.0.duration_since(last_beat)
+    }
+
     async fn wait_gone(&self, name: &str, secs: u64) {
         let res = wait_for(Duration::from_secs(secs), "activity deleted", || async {
             Ok(self.acts.get_opt(name).await?.is_none().then_some(()))
@@ -386,13 +404,7 @@ async fn a_heartbeat_causes_no_operator_write() {
 #[tokio::test]
 async fn heartbeats_keep_an_attempt_alive_and_the_timeout_counts_from_the_last_one() {
     let s = Scenario::new("op-alive").await;
-    s.create(
-        "alive",
-        json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "6s", "retryPolicy": {"maximumAttempts": 1},
-               "template": shell("sleep 3600")}),
-    )
-    .await;
-    s.wait_phase("alive", Phase::Running, 60).await;
+    s.start_silent_worker("alive", 6).await;
     // Heartbeats wake no reconcile; the deadline timer must read each one from the cache and move on.
     // 14 heartbeats a second apart outlive two heartbeatTimeouts, with 5 s to spare for each PATCH.
     let mut last = None;
@@ -402,13 +414,7 @@ async fn heartbeats_keep_an_attempt_alive_and_the_timeout_counts_from_the_last_o
         last = status(&a).last_heartbeat_time.map(|t| t.0);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let a = s.wait_phase("alive", Phase::TimedOut, 30).await;
-    let st = status(&a);
-    assert_eq!(st.attempt, Some(1));
-    let f = st.last_failure.expect("lastFailure");
-    assert_eq!(f.timeout_type, Some(TimeoutType::Heartbeat));
-    let last = last.expect("a heartbeat time");
-    let gap = f.time.0.duration_since(last);
+    let gap = s.heartbeat_timeout_after("alive", last.expect("a heartbeat time")).await;
     assert!(gap >= SignedDuration::from_secs(6), "enforced {gap:?} after the last heartbeat, before heartbeatTimeout");
     s.finish().await;
 }
@@ -416,13 +422,7 @@ async fn heartbeats_keep_an_attempt_alive_and_the_timeout_counts_from_the_last_o
 #[tokio::test]
 async fn a_heartbeat_in_time_keeps_the_attempt_even_when_the_operator_sees_it_late() {
     let s = Scenario::new("op-late").await;
-    s.create(
-        "late",
-        json!({"startToCloseTimeout": "5m", "heartbeatTimeout": "8s", "retryPolicy": {"maximumAttempts": 1},
-               "template": shell("sleep 3600")}),
-    )
-    .await;
-    s.wait_phase("late", Phase::Running, 60).await;
+    s.start_silent_worker("late", 8).await;
     s.heartbeat("late", 1, json!({"i": 0})).await.expect("heartbeat 0");
     let first = Timestamp::now();
     // The operator is frozen while the worker heartbeats in time, and wakes after the deadline
@@ -437,10 +437,7 @@ async fn a_heartbeat_in_time_keeps_the_attempt_even_when_the_operator_sees_it_la
     let beat = beat.expect("heartbeat 1");
     let last = status(&beat).last_heartbeat_time.expect("lastHeartbeatTime").0;
     // Only the heartbeat that was in time counts: the attempt times out 8 s after it, not at once.
-    let a = s.wait_phase("late", Phase::TimedOut, 30).await;
-    let f = status(&a).last_failure.expect("lastFailure");
-    assert_eq!((f.attempt, f.timeout_type), (1, Some(TimeoutType::Heartbeat)));
-    let gap = f.time.0.duration_since(last);
+    let gap = s.heartbeat_timeout_after("late", last).await;
     assert!(gap >= SignedDuration::from_secs(8), "timed out {gap:?} after a heartbeat that was in time");
     let reads = s.op.counter("activity_operator_fresh_reads_total").await.expect("metrics");
     assert!(reads >= 1.0, "the timeout was enforced without reading the Activity afresh");
