@@ -39,6 +39,8 @@ pub enum Error {
     Serialize(#[source] serde_json::Error),
     #[error("the pod cache has not finished its first list")]
     PodCacheNotReady,
+    #[error("the activity changed since the copy a timeout was judged on")]
+    Superseded,
 }
 
 impl Error {
@@ -48,6 +50,7 @@ impl Error {
             Error::Kube { action, .. } => action,
             Error::Serialize(_) => "serialize",
             Error::PodCacheNotReady => "pod_cache",
+            Error::Superseded => "superseded",
         }
     }
 }
@@ -302,7 +305,7 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     }
     let pods = ctx.pods_of(&act);
     // The cached copy may lag behind what the worker wrote (its outcome, its last heartbeat).
-    // Before an attempt is judged on such data, the Activity is read afresh (a quorum read).
+    // An attempt that exited without an outcome in the cache is judged on a fresh (quorum) read.
     let cached_version = act.resource_version();
     let mut act = act;
     let mut fresh = false;
@@ -311,14 +314,19 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
         let Some(read) = read_afresh(&ctx, &act).await? else { return Ok(Requeue::await_change()) };
         (act, fresh) = (read, true);
     }
-    let mut plan = planner::plan(&act, &pods, Timestamp::now());
-    if !fresh && planner::timeout_needs_fresh_read(&act, &plan) {
+    // A timeout is written only over the version it was judged on: if the Activity changed since
+    // (a heartbeat the watch has not delivered yet), the write is refused and the timeout is judged
+    // again on a fresh read. That costs a round trip only when the cache was behind.
+    let plan = planner::plan(&act, &pods, Timestamp::now());
+    let guarded = planner::timeout_needs_guarded_write(&act, &plan);
+    let mut result = execute(&act, cached_version.clone(), plan, guarded, &ctx, &key).await;
+    if matches!(result, Err(Error::Superseded)) && !fresh {
         ctx.metrics.fresh_read("timeout");
         let Some(read) = read_afresh(&ctx, &act).await? else { return Ok(Requeue::await_change()) };
-        act = read;
-        plan = planner::plan(&act, &pods, Timestamp::now());
+        let plan = planner::plan(&read, &pods, Timestamp::now());
+        let guarded = planner::timeout_needs_guarded_write(&read, &plan);
+        result = execute(&read, cached_version, plan, guarded, &ctx, &key).await;
     }
-    let result = execute(&act, cached_version, plan, &ctx, &key).await;
     ctx.metrics.observe_reconcile(started.elapsed());
     if result.is_ok() {
         lock(&ctx.failures).remove(&key);
@@ -357,10 +365,14 @@ pub fn error_policy(act: Arc<Activity>, error: &Error, ctx: Arc<Context>) -> Req
 
 /// Carries out `plan`, made from `act`. `cached_version` is the version the cache showed, when
 /// `act` was read afresh instead: our writes make it out of date too.
+/// Carries out `plan`. With `guarded`, the status is written only if the Activity is still at the
+/// version `act` shows (or the one our finalizer patch made of it); otherwise nothing after that
+/// write is done and the result is [`Error::Superseded`].
 async fn execute(
     act: &Activity,
     cached_version: Option<String>,
     plan: Plan,
+    guarded: bool,
     ctx: &Context,
     key: &ObjectRef<Activity>,
 ) -> Result<Requeue, Error> {
@@ -380,7 +392,13 @@ async fn execute(
     let current = act.status.clone().unwrap_or_default();
     let mut written = None;
     if plan.status != current {
-        written = write_status(&acts, &name, &plan.status).await?.resource_version();
+        let precondition = if guarded { finalized.clone().or_else(|| act.resource_version()) } else { None };
+        written = match write_status(&acts, &name, &plan.status, precondition.as_deref()).await {
+            Err(Error::Kube { source, .. }) if guarded && api_code(&source) == Some(409) => {
+                return Err(Error::Superseded);
+            }
+            other => other?.resource_version(),
+        };
         ctx.metrics.write("status");
         // The finalizer patch's version is out of date too once the status is written.
         superseded.extend(finalized);
@@ -432,7 +450,7 @@ async fn execute(
                 if let Some(message) = refused {
                     // Permanent: retrying the same template would be refused again.
                     let rejected = planner::pod_rejected(act, &plan.status, message, Timestamp::now());
-                    write_status(&acts, &name, &rejected.status).await?;
+                    write_status(&acts, &name, &rejected.status, None).await?;
                     ctx.metrics.write("status");
                     publish(ctx, act, &rejected.events);
                     if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, act).await? {
@@ -484,14 +502,24 @@ async fn execute(
 }
 
 /// Server-side apply of the operator's part of the status.
-async fn write_status(acts: &Api<Activity>, name: &str, status: &ActivityStatus) -> Result<Activity, Error> {
+/// Writes the operator's status fields (server-side apply). With `precondition`, only over that
+/// resourceVersion: the API server answers 409 Conflict if the Activity has changed since.
+async fn write_status(
+    acts: &Api<Activity>,
+    name: &str,
+    status: &ActivityStatus,
+    precondition: Option<&str>,
+) -> Result<Activity, Error> {
     let mut value = serde_json::to_value(status).map_err(Error::Serialize)?;
     if let Some(fields) = value.as_object_mut() {
         for field in WORKER_FIELDS {
             fields.remove(field);
         }
     }
-    let patch = json!({ "apiVersion": Activity::api_version(&()), "kind": Activity::kind(&()), "status": value });
+    let mut patch = json!({ "apiVersion": Activity::api_version(&()), "kind": Activity::kind(&()), "status": value });
+    if let Some(rv) = precondition {
+        patch["metadata"] = json!({ "resourceVersion": rv });
+    }
     acts.patch_status(name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(kube_err("write status"))

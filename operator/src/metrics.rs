@@ -79,7 +79,7 @@ impl Default for Metrics {
         );
         registry.register(
             "fresh_reads",
-            "Activities read afresh before judging an attempt (the cache may lag behind the worker), by why",
+            "Activities read afresh to judge an attempt, by why: exit (a worker exited with no outcome in the cache), timeout (a timeout write was refused because the Activity had changed since the cached copy)",
             fresh_reads.clone(),
         );
         Metrics {

@@ -127,9 +127,11 @@ pub fn exit_needs_fresh_read(activity: &Activity, pods: &[PodView]) -> bool {
 
 /// Whether `plan` ends the current attempt on a timeout that it has just found lapsed. `activity`
 /// is the controller's cached copy, and the watch may lag behind a heartbeat or an outcome that
-/// reached the API server before the deadline. Before enforcing the timeout, the controller then
-/// reads the Activity afresh and plans again, so a worker that was in time is never cut off.
-pub fn timeout_needs_fresh_read(activity: &Activity, plan: &Plan) -> bool {
+/// reached the API server before the deadline. The controller then writes the status only if the
+/// Activity is still at the version the plan was made from (a resourceVersion precondition); if it
+/// changed, it reads the Activity afresh and plans again, so a worker that was in time is never
+/// cut off.
+pub fn timeout_needs_guarded_write(activity: &Activity, plan: &Plan) -> bool {
     let before = activity.status.as_ref().and_then(|s| s.last_failure.as_ref());
     let after = plan.status.last_failure.as_ref();
     after.is_some_and(|f| f.timeout_type.is_some()) && after != before

@@ -559,26 +559,26 @@ fn an_exit_without_an_outcome_asks_for_a_fresh_read_first() {
 }
 
 #[test]
-fn a_timeout_found_in_the_cache_asks_for_a_fresh_read_first() {
+fn a_timeout_found_in_the_cache_is_written_only_over_the_version_it_was_judged_on() {
     let cached = running_activity(seed(), 1, 1_000);
     let lapsed = plan(&cached, &[running(1, 0)], at(6_000));
-    assert!(timeout_needs_fresh_read(&cached, &lapsed), "heartbeat deadline lapsed in the cached copy");
-    // The fresh copy holds a heartbeat that reached the API server in time: no timeout, no second read.
+    assert!(timeout_needs_guarded_write(&cached, &lapsed), "heartbeat deadline lapsed in the cached copy");
+    // The fresh copy holds a heartbeat that reached the API server in time: no timeout, no guard.
     let mut fresh = cached.clone();
     fresh.status.as_mut().unwrap().last_heartbeat_time = Some(MicroTime(at(5_500)));
     let replanned = plan(&fresh, &[running(1, 0)], at(6_000));
     assert_eq!(replanned.status.last_failure, None);
-    assert!(!timeout_needs_fresh_read(&fresh, &replanned));
+    assert!(!timeout_needs_guarded_write(&fresh, &replanned));
     // Start-to-close too: an outcome may be in flight just the same.
     let s2c = running_activity(activity(json!({"startToCloseTimeout": "10s"})), 1, 1_000);
-    assert!(timeout_needs_fresh_read(&s2c, &plan(&s2c, &[running(1, 0)], at(11_000))));
+    assert!(timeout_needs_guarded_write(&s2c, &plan(&s2c, &[running(1, 0)], at(11_000))));
     // Not before the deadline, nor for a failure the status already records (backing off).
-    assert!(!timeout_needs_fresh_read(&cached, &plan(&cached, &[running(1, 0)], at(5_999))));
+    assert!(!timeout_needs_guarded_write(&cached, &plan(&cached, &[running(1, 0)], at(5_999))));
     let backing_off = applied(cached, &lapsed);
     let waiting_retry = plan(&backing_off, &[exited(1, Some(143), "Error", false)], at(6_500));
-    assert!(!timeout_needs_fresh_read(&backing_off, &waiting_retry));
+    assert!(!timeout_needs_guarded_write(&backing_off, &waiting_retry));
     // A failure that is not a timeout (an exit judged by its code) is not one.
     let crashed = plan(&running_activity(seed(), 1, 1_000), &[exited(1, Some(1), "Error", false)], at(2_000));
     assert!(crashed.status.last_failure.is_some());
-    assert!(!timeout_needs_fresh_read(&running_activity(seed(), 1, 1_000), &crashed));
+    assert!(!timeout_needs_guarded_write(&running_activity(seed(), 1, 1_000), &crashed));
 }

@@ -416,6 +416,10 @@ async fn heartbeats_keep_an_attempt_alive_and_the_timeout_counts_from_the_last_o
     }
     let gap = s.heartbeat_timeout_after("alive", last.expect("a heartbeat time")).await;
     assert!(gap >= SignedDuration::from_secs(6), "enforced {gap:?} after the last heartbeat, before heartbeatTimeout");
+    // The cache held the last heartbeat long before the deadline: the timeout was written over
+    // the version it was judged on, with no read afresh.
+    let reads = s.op.counter(r#"activity_operator_fresh_reads_total{kind="timeout"}"#).await.expect("metrics");
+    assert_eq!(reads, 0.0, "a timeout judged on a current cache was read afresh");
     s.finish().await;
 }
 
@@ -439,8 +443,9 @@ async fn a_heartbeat_in_time_keeps_the_attempt_even_when_the_operator_sees_it_la
     // Only the heartbeat that was in time counts: the attempt times out 8 s after it, not at once.
     let gap = s.heartbeat_timeout_after("late", last).await;
     assert!(gap >= SignedDuration::from_secs(8), "timed out {gap:?} after a heartbeat that was in time");
-    let reads = s.op.counter("activity_operator_fresh_reads_total").await.expect("metrics");
-    assert!(reads >= 1.0, "the timeout was enforced without reading the Activity afresh");
+    // The timeout judged on the stale copy was refused (the version had moved on) and judged again.
+    let reads = s.op.counter(r#"activity_operator_fresh_reads_total{kind="timeout"}"#).await.expect("metrics");
+    assert!(reads >= 1.0, "the timeout judged on the stale copy was never judged again on a fresh read");
     s.finish().await;
 }
 
