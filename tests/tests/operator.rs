@@ -623,8 +623,16 @@ async fn bad_manifests_are_refused_naming_the_field() {
             "spec.template.spec.containers",
         ),
     ];
-    let dir = std::env::temp_dir().join(format!("bad-manifests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    /// Removed when the test ends, passed or failed.
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let tmp = TempDir(std::env::temp_dir().join(format!("bad-manifests-{}", std::process::id())));
+    let dir = &tmp.0;
+    std::fs::create_dir_all(dir).expect("tmp");
     for (i, (spec, field)) in cases.into_iter().enumerate() {
         let manifest = json!({"apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
                               "metadata": {"name": format!("bad-{i}"), "namespace": "default"}, "spec": spec});
