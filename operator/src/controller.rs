@@ -116,48 +116,72 @@ impl ReadyGate {
     }
 }
 
-/// Pods the operator created that its pod cache may not show yet. The pod watch and the Activity
-/// watch are separate streams: the operator's own status write wakes a reconcile that can run before
-/// the new pod reaches the cache, and it would plan the pod again only to be told AlreadyExists
-/// (603 extra creates for 1,000 activities in `activity-bench deadline --n 1000`). A pod is
-/// remembered until the cache shows it, for at most [`CreatedPods::PATIENCE`]; after that the
-/// planner creates it again, which is harmless (same name).
+/// Pods remembered for a short while, with when: at most [`RecentPods::KEEP`] each, and expired
+/// entries are dropped once 1,024 are held (a deleted activity's pod is never looked up again).
+/// The operator keeps two such sets:
+/// - pods it created that its pod cache may not show yet. The pod watch and the Activity watch are
+///   separate streams: the operator's own status write wakes a reconcile that can run before the
+///   new pod reaches the cache, and it would plan the pod again only to be told AlreadyExists
+///   (603 extra creates for 1,000 activities in `activity-bench deadline --n 1000`). After `KEEP`
+///   the planner creates it again, which is harmless (same name);
+/// - worker exits the cache shows with no outcome of that attempt, from when the operator first
+///   saw each. A worker writes its outcome before it exits, but the pod watch may show the exit
+///   before the Activity watch shows the outcome; such an exit is judged only
+///   [`OUTCOME_GRACE`] after it was first seen (the outcome's event wakes the reconcile sooner).
 #[derive(Default)]
-struct CreatedPods(Mutex<HashMap<CreatedPod, Instant>>);
+struct RecentPods(Mutex<HashMap<PodKey, Instant>>);
 
-/// A pod, and the uid of the activity it was created for (a recreated activity of the same name
-/// has its own).
-type CreatedPod = (ObjectRef<WorkerPod>, String);
+/// A pod, and the uid of the activity it belongs to (a recreated activity of the same name has
+/// its own).
+type PodKey = (ObjectRef<WorkerPod>, String);
 
-impl CreatedPods {
-    const PATIENCE: Duration = Duration::from_secs(30);
+/// How long an exit without an outcome waits for the outcome to reach the cache before it is
+/// judged (with a guarded write, so a late outcome is never lost either way).
+const OUTCOME_GRACE: Duration = Duration::from_secs(1);
 
-    fn record(&self, pod: CreatedPod, now: Instant) {
-        let mut created = lock(&self.0);
-        if created.len() >= 1024 {
-            created.retain(|_, at| now.saturating_duration_since(*at) < Self::PATIENCE);
+impl RecentPods {
+    const KEEP: Duration = Duration::from_secs(30);
+
+    fn prune(map: &mut HashMap<PodKey, Instant>, now: Instant) {
+        if map.len() >= 1024 {
+            map.retain(|_, at| now.saturating_duration_since(*at) < Self::KEEP);
         }
-        created.insert(pod, now);
     }
 
-    /// Whether `pod`, which the cache does not show, was created recently enough to wait for it.
-    fn awaited(&self, pod: &CreatedPod, now: Instant) -> bool {
-        let mut created = lock(&self.0);
-        match created.get(pod) {
-            Some(at) if now.saturating_duration_since(*at) < Self::PATIENCE => true,
+    fn record(&self, pod: PodKey, now: Instant) {
+        let mut map = lock(&self.0);
+        Self::prune(&mut map, now);
+        map.insert(pod, now);
+    }
+
+    /// When `pod` was first recorded (now, if it was not, or if that was more than `KEEP` ago).
+    fn first_seen(&self, pod: PodKey, now: Instant) -> Instant {
+        let mut map = lock(&self.0);
+        Self::prune(&mut map, now);
+        let at = map.entry(pod).or_insert(now);
+        if now.saturating_duration_since(*at) >= Self::KEEP {
+            *at = now;
+        }
+        *at
+    }
+
+    /// Whether `pod` was recorded less than `KEEP` ago.
+    fn holds(&self, pod: &PodKey, now: Instant) -> bool {
+        let mut map = lock(&self.0);
+        match map.get(pod) {
+            Some(at) if now.saturating_duration_since(*at) < Self::KEEP => true,
             Some(_) => {
-                created.remove(pod);
+                map.remove(pod);
                 false
             }
             None => false,
         }
     }
 
-    /// The cache shows `pod`: no need to remember it.
-    fn seen(&self, pod: &CreatedPod) {
-        let mut created = lock(&self.0);
-        if !created.is_empty() {
-            created.remove(pod);
+    fn forget(&self, pod: &PodKey) {
+        let mut map = lock(&self.0);
+        if !map.is_empty() {
+            map.remove(pod);
         }
     }
 }
@@ -191,7 +215,9 @@ pub struct Context {
     heartbeats: Mutex<HashMap<ObjectRef<Activity>, Timestamp>>,
     /// Unfinished activities with an armed deadline timer (the `deadlines_armed` gauge).
     armed: Mutex<HashSet<ObjectRef<Activity>>>,
-    created: CreatedPods,
+    /// Pods created and not yet in the cache; exits without an outcome in the cache.
+    created: RecentPods,
+    exits: RecentPods,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -214,12 +240,12 @@ impl Context {
             let key = (ObjectRef::new(&pod_name(&name, n)).within(&ns), uid.clone());
             match self.pods.get(&key.0) {
                 Some(pod) => {
-                    self.created.seen(&key);
+                    self.created.forget(&key);
                     if pod.owner_references().iter().any(|o| o.uid == uid) {
                         views.push(PodView::from_pod(&pod));
                     }
                 }
-                None if n == current && self.created.awaited(&key, Instant::now()) => {
+                None if n == current && self.created.holds(&key, Instant::now()) => {
                     views.push(PodView::created(key.0.name, n));
                 }
                 None => {}
@@ -304,28 +330,35 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
         return Err(Error::PodCacheNotReady);
     }
     let pods = ctx.pods_of(&act);
-    // The cached copy may lag behind what the worker wrote (its outcome, its last heartbeat).
-    // An attempt that exited without an outcome in the cache is judged on a fresh (quorum) read.
-    let cached_version = act.resource_version();
-    let mut act = act;
-    let mut fresh = false;
-    if planner::exit_needs_fresh_read(&act, &pods) {
-        ctx.metrics.fresh_read("exit");
-        let Some(read) = read_afresh(&ctx, &act).await? else { return Ok(Requeue::await_change()) };
-        (act, fresh) = (read, true);
+    // The cached copy may lag behind what the worker wrote (its outcome, its last heartbeat). An
+    // attempt whose worker exited with no outcome in the cache waits a moment for the outcome.
+    let exited = planner::exit_without_outcome(&act, &pods)
+        .then(|| act.status.as_ref().and_then(|s| s.attempt))
+        .flatten()
+        .map(|attempt| pod_key(&act, attempt));
+    if let Some(exit) = &exited {
+        let waited = ctx.exits.first_seen(exit.clone(), Instant::now()).elapsed();
+        if waited < OUTCOME_GRACE {
+            return Ok(Requeue::requeue(OUTCOME_GRACE - waited));
+        }
     }
-    // A timeout is written only over the version it was judged on: if the Activity changed since
-    // (a heartbeat the watch has not delivered yet), the write is refused and the timeout is judged
-    // again on a fresh read. That costs a round trip only when the cache was behind.
+    // Judging the exit then, or a timeout, is written only over the version it was judged on: if
+    // the Activity changed since (an outcome or a heartbeat the watch has not delivered yet), the
+    // write is refused and the attempt is judged again on a fresh (quorum) read. That costs a
+    // round trip only when the cache was behind.
+    let cached_version = act.resource_version();
     let plan = planner::plan(&act, &pods, Timestamp::now());
-    let guarded = planner::timeout_needs_guarded_write(&act, &plan);
+    let guarded = exited.is_some() || planner::timeout_needs_guarded_write(&act, &plan);
     let mut result = execute(&act, cached_version.clone(), plan, guarded, &ctx, &key).await;
-    if matches!(result, Err(Error::Superseded)) && !fresh {
-        ctx.metrics.fresh_read("timeout");
+    if matches!(result, Err(Error::Superseded)) {
+        ctx.metrics.fresh_read(if exited.is_some() { "exit" } else { "timeout" });
         let Some(read) = read_afresh(&ctx, &act).await? else { return Ok(Requeue::await_change()) };
         let plan = planner::plan(&read, &pods, Timestamp::now());
-        let guarded = planner::timeout_needs_guarded_write(&read, &plan);
+        let guarded = planner::exit_without_outcome(&read, &pods) || planner::timeout_needs_guarded_write(&read, &plan);
         result = execute(&read, cached_version, plan, guarded, &ctx, &key).await;
+    }
+    if let (Some(exit), Ok(_)) = (&exited, &result) {
+        ctx.exits.forget(exit);
     }
     ctx.metrics.observe_reconcile(started.elapsed());
     if result.is_ok() {
@@ -334,7 +367,7 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     result
 }
 
-fn created_pod(act: &Activity, attempt: i32) -> CreatedPod {
+fn pod_key(act: &Activity, attempt: i32) -> PodKey {
     let pod = ObjectRef::new(&pod_name(&act.name_any(), attempt)).within(&act.namespace().unwrap_or_default());
     (pod, act.uid().unwrap_or_default())
 }
@@ -420,12 +453,12 @@ async fn execute(
                     Ok(pod) => match pods.create(&params, &pod).await {
                         Ok(_) => {
                             ctx.metrics.write("pod_create");
-                            ctx.created.record(created_pod(act, *attempt), Instant::now());
+                            ctx.created.record(pod_key(act, *attempt), Instant::now());
                             None
                         }
                         Err(e) if api_code(&e) == Some(409) => {
                             debug!("pod already exists");
-                            ctx.created.record(created_pod(act, *attempt), Instant::now());
+                            ctx.created.record(pod_key(act, *attempt), Instant::now());
                             None
                         }
                         Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
@@ -677,7 +710,8 @@ pub async fn run(
         stale: Mutex::default(),
         heartbeats: Mutex::default(),
         armed: Mutex::default(),
-        created: CreatedPods::default(),
+        created: RecentPods::default(),
+        exits: RecentPods::default(),
     });
     let lag = ctx.clone();
     let act_stream = watcher(acts, watcher::Config::default().any_semantic())
@@ -714,25 +748,39 @@ mod tests {
     use kube::runtime::watcher::Event as WatchEvent;
 
     #[test]
-    fn a_created_pod_is_awaited_until_the_cache_shows_it_or_for_the_patience() {
-        let created = CreatedPods::default();
-        let pod: CreatedPod = (ObjectRef::new("a-1").within("ns"), "uid-1".into());
+    fn a_created_pod_is_held_until_the_cache_shows_it_or_for_keep() {
+        let created = RecentPods::default();
+        let pod: PodKey = (ObjectRef::new("a-1").within("ns"), "uid-1".into());
         let t0 = Instant::now();
-        assert!(!created.awaited(&pod, t0), "never created");
+        assert!(!created.holds(&pod, t0), "never created");
         created.record(pod.clone(), t0);
-        assert!(created.awaited(&pod, t0 + Duration::from_secs(29)));
-        let recreated: CreatedPod = (pod.0.clone(), "uid-2".into());
-        assert!(!created.awaited(&recreated, t0), "a recreated activity of the same name has its own pod");
-        assert!(!created.awaited(&pod, t0 + CreatedPods::PATIENCE), "after the patience it is created again");
+        assert!(created.holds(&pod, t0 + Duration::from_secs(29)));
+        let recreated: PodKey = (pod.0.clone(), "uid-2".into());
+        assert!(!created.holds(&recreated, t0), "a recreated activity of the same name has its own pod");
+        assert!(!created.holds(&pod, t0 + RecentPods::KEEP), "after KEEP it is created again");
         created.record(pod.clone(), t0);
-        created.seen(&pod);
-        assert!(!created.awaited(&pod, t0), "the cache shows it: nothing left to wait for");
+        created.forget(&pod);
+        assert!(!created.holds(&pod, t0), "the cache shows it: nothing left to wait for");
         // Entries the cache never showed (the activity was deleted) do not pile up.
         for i in 0..1024 {
             created.record((ObjectRef::new(&format!("old-{i}")).within("ns"), "u".into()), t0);
         }
-        created.record(pod.clone(), t0 + CreatedPods::PATIENCE);
+        created.record(pod.clone(), t0 + RecentPods::KEEP);
         assert_eq!(lock(&created.0).len(), 1);
+    }
+
+    #[test]
+    fn an_exit_is_timed_from_when_it_was_first_seen() {
+        let exits = RecentPods::default();
+        let pod: PodKey = (ObjectRef::new("a-1").within("ns"), "uid-1".into());
+        let t0 = Instant::now();
+        assert_eq!(exits.first_seen(pod.clone(), t0), t0);
+        assert_eq!(exits.first_seen(pod.clone(), t0 + OUTCOME_GRACE), t0, "seen again: still the first time");
+        exits.forget(&pod);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(exits.first_seen(pod.clone(), t1), t1, "judged and forgotten: a new exit starts afresh");
+        let t2 = t1 + RecentPods::KEEP;
+        assert_eq!(exits.first_seen(pod, t2), t2, "an entry older than KEEP is not trusted");
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl Default for Metrics {
         );
         registry.register(
             "fresh_reads",
-            "Activities read afresh to judge an attempt, by why: exit (a worker exited with no outcome in the cache), timeout (a timeout write was refused because the Activity had changed since the cached copy)",
+            "Activities read afresh to judge an attempt because the write of its judgement was refused (the Activity had changed since the cached copy), by what was judged: exit (a worker exited with no outcome in the cache) or timeout",
             fresh_reads.clone(),
         );
         Metrics {

@@ -115,8 +115,9 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
 /// Whether the current attempt's worker has exited while no outcome of that attempt is in
 /// `activity`. A worker writes its outcome *before* it exits, but the pod watch and the Activity
 /// watch are separate streams: the exit may be seen first. Before judging the attempt by its exit
-/// code, the controller then reads the Activity afresh (a quorum read sees the outcome if there is one).
-pub fn exit_needs_fresh_read(activity: &Activity, pods: &[PodView]) -> bool {
+/// code, the controller then waits a moment for the outcome, and writes its judgement only over the
+/// version of the Activity it was made on (a changed Activity is read afresh and judged again).
+pub fn exit_without_outcome(activity: &Activity, pods: &[PodView]) -> bool {
     let Some(status) = activity.status.as_ref() else { return false };
     let (Some(attempt), Some(pod)) = (status.attempt, status.pod_name.as_deref()) else { return false };
     let live = matches!(status.phase, Some(Phase::Pending | Phase::Running | Phase::Canceling));

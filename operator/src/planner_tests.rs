@@ -547,15 +547,15 @@ fn status_times_round_up_to_the_microsecond() {
 }
 
 #[test]
-fn an_exit_without_an_outcome_asks_for_a_fresh_read_first() {
+fn an_exit_without_an_outcome_is_recognised() {
     let a = running_activity(seed(), 1, 1_000);
-    assert!(exit_needs_fresh_read(&a, &[exited(1, Some(0), "Completed", false)]));
-    assert!(!exit_needs_fresh_read(&a, &[running(1, 0)]), "still running");
+    assert!(exit_without_outcome(&a, &[exited(1, Some(0), "Completed", false)]));
+    assert!(!exit_without_outcome(&a, &[running(1, 0)]), "still running");
     let ok = Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false };
-    assert!(!exit_needs_fresh_read(&with_outcome(a.clone(), ok), &[exited(1, Some(0), "Completed", false)]));
+    assert!(!exit_without_outcome(&with_outcome(a.clone(), ok), &[exited(1, Some(0), "Completed", false)]));
     let mut done = a;
     done.status.as_mut().unwrap().phase = Some(Phase::Succeeded);
-    assert!(!exit_needs_fresh_read(&done, &[exited(1, Some(0), "Completed", false)]), "already judged");
+    assert!(!exit_without_outcome(&done, &[exited(1, Some(0), "Completed", false)]), "already judged");
 }
 
 #[test]
