@@ -39,7 +39,7 @@ pub enum Error {
     Serialize(#[source] serde_json::Error),
     #[error("the pod cache has not finished its first list")]
     PodCacheNotReady,
-    #[error("the activity changed since the copy a timeout was judged on")]
+    #[error("the activity changed since the copy its attempt was judged on")]
     Superseded,
 }
 
@@ -397,10 +397,10 @@ pub fn error_policy(act: Arc<Activity>, error: &Error, ctx: Arc<Context>) -> Req
 }
 
 /// Carries out `plan`, made from `act`. `cached_version` is the version the cache showed, when
-/// `act` was read afresh instead: our writes make it out of date too.
-/// Carries out `plan`. With `guarded`, the status is written only if the Activity is still at the
-/// version `act` shows (or the one our finalizer patch made of it); otherwise nothing after that
-/// write is done and the result is [`Error::Superseded`].
+/// `act` was read afresh instead: our writes make it out of date too. With `guarded`, the status
+/// is written only if the Activity is still at the version `act` shows (or the one our finalizer
+/// patch made of it); otherwise nothing after that write is done and the result is
+/// [`Error::Superseded`].
 async fn execute(
     act: &Activity,
     cached_version: Option<String>,
@@ -534,8 +534,7 @@ async fn execute(
     })
 }
 
-/// Server-side apply of the operator's part of the status.
-/// Writes the operator's status fields (server-side apply). With `precondition`, only over that
+/// Server-side apply of the operator's part of the status. With `precondition`, only over that
 /// resourceVersion: the API server answers 409 Conflict if the Activity has changed since.
 async fn write_status(
     acts: &Api<Activity>,
