@@ -124,10 +124,12 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// Creates `<prefix>-<random>`, the worker RBAC in it, and starts an operator for it.
+    /// Creates `<prefix>-<random>`, the worker RBAC in it, and starts an operator for it, after
+    /// clearing what interrupted runs left behind ([`clear_leftovers`]).
     pub async fn new(cluster: &Cluster, prefix: &str) -> anyhow::Result<Self> {
         cluster.ensure_crd().await?;
         let client = cluster.client.clone();
+        clear_leftovers(&client).await?;
         let ns = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
         let obj: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": ns, "labels": {"activity-bench": "true"}}
@@ -169,6 +171,51 @@ impl Bench {
             wait_for(wait, "namespace deleted", || async { Ok(nss.get_opt(&self.ns).await?.is_none().then_some(())) })
                 .await;
         Ok(())
+    }
+}
+
+/// Deletes the namespaces of earlier runs (label `activity-bench=true`) that did not finish: a
+/// failed or interrupted run skips [`Bench::finish`], and its pods would count against the process
+/// node's 1,000 pods (a later `load` run then never gets all its attempts started). No operator
+/// runs for them any more, so their Activities' finalizers are removed here. Waits until they are
+/// gone. One bench runs on a cluster at a time: its measurements would mean little otherwise.
+pub async fn clear_leftovers(client: &Client) -> anyhow::Result<()> {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let selector = kube::api::ListParams::default().labels("activity-bench=true");
+    let left = nss.list_metadata(&selector).await?.items;
+    if left.is_empty() {
+        return Ok(());
+    }
+    let unfinalize = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+    for ns in &left {
+        let name = ns.name_any();
+        eprintln!("bench: deleting {name}, left by an earlier run that did not finish");
+        if ns.metadata.deletion_timestamp.is_none() {
+            nss.delete(&name, &DeleteParams::background()).await?;
+        }
+        let acts: Api<activity_crds::Activity> = Api::namespaced(client.clone(), &name);
+        let names: Vec<String> =
+            acts.list_metadata(&Default::default()).await?.items.iter().map(|a| a.name_any()).collect();
+        futures::stream::iter(names)
+            .map(|act| {
+                let (acts, patch) = (&acts, &unfinalize);
+                async move { acts.patch(&act, &PatchParams::default(), patch).await.map(|_| ()).or_else(ignore_gone) }
+            })
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
+    wait_for(Duration::from_secs(600), "leftover bench namespaces deleted", || async {
+        Ok(nss.list_metadata(&selector).await?.items.is_empty().then_some(()))
+    })
+    .await
+}
+
+/// A 404: the object is gone already.
+fn ignore_gone(e: kube::Error) -> Result<(), kube::Error> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Ok(()),
+        e => Err(e),
     }
 }
 

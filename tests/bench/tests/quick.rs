@@ -5,12 +5,34 @@
 use activity_bench::Cluster;
 use activity_bench::load::{self, LoadPlan};
 use activity_bench::scenarios::{self, DeadlineKind};
+use activity_crds::Activity;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use serde_json::json;
 
 #[tokio::test]
 async fn quick_scenarios() {
     let cluster = Cluster::connect(&activity_tests::kubeconfig_path()).await.expect("local cluster (make cluster)");
+    // What an interrupted run leaves behind: its namespace, with an Activity that its operator,
+    // gone now, still holds by a finalizer. The next bench clears it before it starts.
+    cluster.ensure_crd().await.expect("CRD");
+    let leftover = format!("bench-leftover-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let nss: Api<Namespace> = Api::all(cluster.client.clone());
+    let ns = json!({"metadata": {"name": leftover, "labels": {"activity-bench": "true"}}});
+    nss.create(&PostParams::default(), &serde_json::from_value(ns).expect("namespace"))
+        .await
+        .expect("leftover namespace");
+    let act = json!({"apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
+        "metadata": {"name": "left", "finalizers": [activity_crds::FINALIZER]},
+        "spec": {"startToCloseTimeout": "1m", "template": {"spec": {"containers": [{"name": "w", "image": "busybox"}]}}}});
+    let acts: Api<Activity> = Api::namespaced(cluster.client.clone(), &leftover);
+    acts.create(&PostParams::default(), &serde_json::from_value(act).expect("activity"))
+        .await
+        .expect("leftover activity");
+
     let deadline = scenarios::deadline(&cluster, 3, 2, DeadlineKind::Heartbeat, true).await.expect("deadline --quick");
     deadline.print();
+    assert!(nss.get_opt(&leftover).await.expect("get namespace").is_none(), "the leftover namespace was not cleared");
     let throughput = scenarios::throughput(&cluster, 3, true).await.expect("throughput --quick");
     throughput.print();
     let writes = scenarios::writes(&cluster, 3, 2).await.expect("writes --quick");
