@@ -143,9 +143,7 @@ impl RecentPods {
     const KEEP: Duration = Duration::from_secs(30);
 
     fn prune(map: &mut HashMap<PodKey, Instant>, now: Instant) {
-        if map.len() >= 1024 {
-            map.retain(|_, at| now.saturating_duration_since(*at) < Self::KEEP);
-        }
+        prune_when_large(map, |at| now.saturating_duration_since(*at) < Self::KEEP);
     }
 
     fn record(&self, pod: PodKey, now: Instant) {
@@ -189,12 +187,18 @@ impl RecentPods {
 /// Resource versions out of date after our own writes, and until when to believe so.
 type Superseded = (Vec<String>, Instant);
 
-/// Drops expired entries once the map is large: an entry is otherwise removed only when its
-/// activity is reconciled again, which a deleted activity never is.
-fn prune_expired(stale: &mut HashMap<ObjectRef<Activity>, Superseded>, now: Instant) {
-    if stale.len() >= 1024 {
-        stale.retain(|_, (_, until)| now < *until);
+/// Keeps a map of per-object memory bounded: once it holds 1,024 entries, those `alive` rejects
+/// go. An entry is otherwise removed only when its object is looked at again, which a deleted
+/// activity never is.
+fn prune_when_large<K, V>(map: &mut HashMap<K, V>, alive: impl Fn(&V) -> bool) {
+    if map.len() >= 1024 {
+        map.retain(|_, v| alive(v));
     }
+}
+
+/// Drops the stale-cache marks that have expired, once the map is large.
+fn prune_expired(stale: &mut HashMap<ObjectRef<Activity>, Superseded>, now: Instant) {
+    prune_when_large(stale, |(_, until)| now < *until);
 }
 
 /// Shared state of the reconciler.
