@@ -2,6 +2,7 @@
 //! retries with exponential backoff and delivers cancellation. `planner` decides (pure, clock
 //! injected); `controller` acts.
 
+pub mod client;
 pub mod config;
 pub mod controller;
 pub mod events;

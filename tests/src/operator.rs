@@ -51,16 +51,23 @@ pub struct Operator {
     pub namespace: String,
     pub metrics_port: u16,
     pub log: PathBuf,
+    /// Arguments beyond the defaults (a flag given here replaces its default), kept across restarts.
+    args: Vec<String>,
 }
 
 impl Operator {
     /// Starts the operator for `ns` and waits until `/readyz` answers.
     pub async fn start(ns: &str) -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        Self::start_on(ns, port).await
+        Self::start_with(ns, &[]).await
     }
 
-    async fn start_on(ns: &str, port: u16) -> anyhow::Result<Self> {
+    /// Starts the operator for `ns` with `args`; a flag among them replaces its test default.
+    pub async fn start_with(ns: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_on(ns, port, args.iter().map(|a| a.to_string()).collect()).await
+    }
+
+    async fn start_on(ns: &str, port: u16, args: Vec<String>) -> anyhow::Result<Self> {
         let exe = workspace_bin("activity-operator")?;
         let logs = local_dir().join("logs");
         std::fs::create_dir_all(&logs)?;
@@ -68,14 +75,20 @@ impl Operator {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = Command::new(&exe)
             .args(["--namespace", ns, "--metrics-bind-address", &format!("127.0.0.1:{port}")])
-            .args(["--concurrency", "4", "--log-level", "info,activity_operator=debug"])
+            .args(
+                [["--concurrency", "4"], ["--log-level", "info,activity_operator=debug"]]
+                    .iter()
+                    .filter(|[flag, _]| !args.iter().any(|a| a == flag))
+                    .flatten(),
+            )
+            .args(&args)
             .env("KUBECONFIG", kubeconfig_path())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
-        let op = Operator { child, namespace: ns.to_string(), metrics_port: port, log };
+        let op = Operator { child, namespace: ns.to_string(), metrics_port: port, log, args };
         wait_for(Duration::from_secs(30), "operator /readyz", || async {
             Ok(op.get("/readyz").await.ok().filter(|b| b.trim() == "ok").map(|_| ()))
         })
@@ -87,9 +100,9 @@ impl Operator {
     pub async fn restart(mut self) -> anyhow::Result<Self> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (ns, port) = (self.namespace.clone(), self.metrics_port);
+        let (ns, port, args) = (self.namespace.clone(), self.metrics_port, std::mem::take(&mut self.args));
         drop(self);
-        Self::start_on(&ns, port).await
+        Self::start_on(&ns, port, args).await
     }
 
     /// Kills the operator and waits for it to be gone.
@@ -115,6 +128,32 @@ impl Operator {
             bail!("kill {which} {}: {status}", self.child.id());
         }
         Ok(())
+    }
+
+    /// The operator's established TCP connections to `port` on 127.0.0.1 (from /proc: its socket
+    /// file descriptors, looked up in the kernel's TCP tables).
+    pub fn connections_to(&self, port: u16) -> anyhow::Result<usize> {
+        let pid = self.child.id();
+        let mut inodes = std::collections::HashSet::new();
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let target = std::fs::read_link(fd?.path()).unwrap_or_default();
+            if let Some(inode) = target.to_str().and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')) {
+                inodes.insert(inode.to_string());
+            }
+        }
+        let mut n = 0;
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+                // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(remote), Some(state), Some(inode)) = (f.get(2), f.get(3), f.get(9)) else { continue };
+                let remote_port = remote.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+                if *state == "01" && remote_port == Some(port) && inodes.contains(*inode) {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// GET on the operator's HTTP port.

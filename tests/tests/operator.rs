@@ -23,10 +23,15 @@ struct Scenario {
 
 impl Scenario {
     async fn new(prefix: &str) -> Scenario {
+        Self::with_args(prefix, &[]).await
+    }
+
+    /// A scenario whose operator gets `args` after the test defaults.
+    async fn with_args(prefix: &str, args: &[&str]) -> Scenario {
         ensure_crd().expect("CRD");
         let ns = TestNs::new(prefix).await.expect("namespace");
         worker_rbac(&ns.name).expect("worker RBAC");
-        let op = Operator::start(&ns.name).await.expect("operator");
+        let op = Operator::start_with(&ns.name, args).await.expect("operator");
         let acts = ns.api::<Activity>();
         let pods = ns.api::<Pod>();
         Scenario { ns, op, acts, pods }
@@ -181,6 +186,31 @@ async fn hung_worker_times_out_on_heartbeat_and_is_retried() {
     })
     .await
     .expect("pods stopped");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn connections_a_burst_opened_close_once_idle_beyond_the_bound() {
+    // Twenty-four activities reconciled at once: their finalizer, pod and status requests are in
+    // flight together, each on a connection of its own (HTTP/1.1).
+    let s = Scenario::with_args("op-idle", &["--concurrency", "32", "--idle-connections", "2"]).await;
+    let spec = json!({"startToCloseTimeout": "5m", "template": shell("sleep 3600")});
+    let names: Vec<String> = (0..24).map(|i| format!("b{i}")).collect();
+    futures::future::join_all(names.iter().map(|name| s.create(name, spec.clone()))).await;
+    for name in &names {
+        s.wait_phase(name, Phase::Running, 60).await;
+    }
+    let port = activity_tests::apiserver_port().expect("the API server's port");
+    // Once the burst is over: the two watches (Activities, pods) plus at most two idle.
+    let settled = wait_for(Duration::from_secs(20), "at most 4 connections", || async {
+        Ok(Some(s.op.connections_to(port)?).filter(|&n| n <= 4))
+    })
+    .await;
+    let now = s.op.connections_to(port).expect("the operator's sockets");
+    assert!(
+        settled.is_ok(),
+        "{now} connections to the API server stay open after the burst: more than 2 watches + 2 idle"
+    );
     s.finish().await;
 }
 
