@@ -676,14 +676,11 @@ impl std::io::Write for HashWriter {
     }
 }
 
-fn strip_managed_fields<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
-}
-
-/// The pod cache keeps what [`WorkerPod`] reads, without managed fields and annotations.
-fn slim_pod(pod: &mut WorkerPod) {
-    strip_managed_fields(pod);
-    pod.metadata.annotations = None;
+/// The Activity cache keeps no managed fields and no annotations: the operator reads neither, and
+/// `kubectl apply` puts the whole manifest, template included, in an annotation.
+fn slim_activity(act: &mut Activity) {
+    act.metadata.managed_fields = None;
+    act.metadata.annotations = None;
 }
 
 /// Runs the controller for one namespace (or all) until `shutdown` resolves.
@@ -719,14 +716,13 @@ pub async fn run(
     let lag = ctx.clone();
     let act_stream = watcher(acts, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(slim_activity)
         .reflect(act_writer)
         .applied_objects()
         .inspect_ok(move |act| lag.observe_heartbeat(act, Timestamp::now()))
         .predicate_filter(planner_input, Default::default());
     let pod_stream = watcher(pods, watcher::Config::default().labels(activity_crds::LABEL_ACTIVITY).any_semantic())
         .default_backoff()
-        .modify(slim_pod)
         .reflect(pod_writer)
         .touched_objects();
     Controller::for_stream(act_stream, act_store)
@@ -875,6 +871,19 @@ mod tests {
     }
 
     #[test]
+    fn the_cached_activity_keeps_no_annotations_or_managed_fields() {
+        let mut act = running();
+        act.metadata.annotations =
+            Some([("kubectl.kubernetes.io/last-applied-configuration".into(), "{}".into())].into());
+        act.metadata.managed_fields = Some(vec![Default::default()]);
+        let input = planner_input(&act);
+        slim_activity(&mut act);
+        assert!(act.metadata.annotations.is_none() && act.metadata.managed_fields.is_none());
+        assert_eq!(planner_input(&act), input, "the planner reads neither");
+        assert_eq!(act.finalizers(), [FINALIZER], "what the planner does read stays");
+    }
+
+    #[test]
     fn the_cached_pod_keeps_what_the_planner_reads() {
         let full = json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -891,12 +900,12 @@ mod tests {
                 {"name": "w", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
                  "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}
         });
-        let mut pod: WorkerPod = serde_json::from_value(full).expect("pod");
-        slim_pod(&mut pod);
+        let pod: WorkerPod = serde_json::from_value(full).expect("pod");
         let view = PodView::from_pod(&pod);
         assert_eq!(view.attempt, Some(1));
         assert!(matches!(view.worker, pods::WorkerState::Running { started_at: Some(_) }), "{view:?}");
-        assert!(pod.metadata.managed_fields.is_none() && pod.metadata.annotations.is_none());
+        let meta = &pod.metadata;
+        assert!(meta.managed_fields.is_none() && meta.annotations.is_none() && meta.labels.is_none());
         // The controller maps a pod to its Activity by this owner reference.
         assert_eq!(pod.owner_references().first().map(|o| o.uid.as_str()), Some("u1"));
         // It is watched as a Pod.
