@@ -16,10 +16,23 @@ use tracing::{error, info, warn};
 
 /// jemalloc rather than the C library's allocator: after a burst of work (hundreds of reconciles
 /// and requests at once) it hands the freed memory back to the system, where glibc's and musl's
-/// malloc kept it. Operator RSS per 1,000 live activities, same load: 17.8 MiB with glibc's
-/// malloc, 10.8–11.3 with jemalloc (docs/benchmarks.md, fourth round).
+/// malloc kept it. Operator RSS per 1,000 live activities, same load and at most 16 idle
+/// connections: 17.8 MiB with glibc's malloc, 10.8–11.3 with jemalloc, 9.4–10.1 (static musl
+/// build) with the options below (docs/benchmarks.md, fourth round).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options: pages freed for 1 s go back to the system (the default keeps them 10 s,
+/// which after a burst left RSS several MiB above the live heap for that long).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: JemallocConf = JemallocConf(c"dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
+/// jemalloc reads its compiled-in options through a C `const char *` of this name.
+#[repr(transparent)]
+struct JemallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a static, immutable C string.
+unsafe impl Sync for JemallocConf {}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {

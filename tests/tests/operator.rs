@@ -189,6 +189,20 @@ async fn hung_worker_times_out_on_heartbeat_and_is_retried() {
     s.finish().await;
 }
 
+#[test]
+fn the_operator_allocates_with_jemalloc_returning_freed_pages_after_a_second() {
+    // jemalloc prints its options and statistics at exit when asked through its environment.
+    let exe = activity_tests::operator::workspace_bin("activity-operator").expect("operator binary");
+    let out = std::process::Command::new(exe)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("run the operator");
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(stats.contains("jemalloc statistics"), "the operator does not run on jemalloc: {stats}");
+    assert!(stats.contains("opt.dirty_decay_ms: 1000 "), "jemalloc runs without the operator's options: {stats}");
+}
+
 #[tokio::test]
 async fn connections_a_burst_opened_close_once_idle_beyond_the_bound() {
     // Twenty-four activities reconciled at once: their finalizer, pod and status requests are in
