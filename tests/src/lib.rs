@@ -53,18 +53,12 @@ pub async fn client() -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// The local API server's port, from the kubeconfig's current cluster.
-pub fn apiserver_port() -> anyhow::Result<u16> {
-    let kubeconfig = Kubeconfig::read_from(kubeconfig_path())?;
-    let server = kubeconfig
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.server.clone())
-        .context("the kubeconfig names no API server")?;
-    let authority = server.split("://").nth(1).unwrap_or(&server).split('/').next().unwrap_or_default();
-    let port = authority.rsplit_once(':').map(|(_, port)| port).with_context(|| format!("no port in {server}"))?;
-    port.parse().with_context(|| format!("no port in {server}"))
+/// The local API server's port, from the kubeconfig (as kube parses its server URL).
+pub async fn apiserver_port() -> anyhow::Result<u16> {
+    let config =
+        Config::from_custom_kubeconfig(Kubeconfig::read_from(kubeconfig_path())?, &KubeConfigOptions::default())
+            .await?;
+    config.cluster_url.port_u16().with_context(|| format!("no port in {}", config.cluster_url))
 }
 
 /// Runs an upstream tool from the pinned bin dir (`kubectl`, `helm`) against the local cluster.

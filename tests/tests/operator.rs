@@ -214,7 +214,7 @@ async fn connections_a_burst_opened_close_once_idle_beyond_the_bound() {
     for name in &names {
         s.wait_phase(name, Phase::Running, 60).await;
     }
-    let port = activity_tests::apiserver_port().expect("the API server's port");
+    let port = activity_tests::apiserver_port().await.expect("the API server's port");
     // Once the burst is over: the two watches (Activities, pods) plus at most two idle.
     let settled = wait_for(Duration::from_secs(20), "at most 4 connections", || async {
         Ok(Some(s.op.connections_to(port)?).filter(|&n| n <= 4))
