@@ -184,6 +184,12 @@ impl RecentPods {
     }
 }
 
+/// How long the stale-cache guard believes a version is out of date. A saturated local control
+/// plane (2 cores, 1,000 activities) delivered watch events up to about 80 s late
+/// (`activity-bench deadline --n 1000`, 2026-11-22); the earlier 5 s let a reconcile plan from
+/// such a copy.
+const STALE_MARK_KEEP: Duration = Duration::from_secs(120);
+
 /// Resource versions out of date after our own writes, and until when to believe so.
 type Superseded = (Vec<String>, Instant);
 
@@ -295,11 +301,14 @@ impl Context {
     }
 
     /// Until the cache shows a version other than `versions`, it has not caught up with our writes.
+    /// The mark only saves refused writes: the writes themselves are guarded by resourceVersion,
+    /// so a cache that lags for longer than [`STALE_MARK_KEEP`] costs round trips, never a wrong
+    /// status. It lasts that long, not for good, so the marks of deleted activities go.
     fn mark_stale(&self, key: &ObjectRef<Activity>, versions: Vec<String>) {
         let now = Instant::now();
         let mut stale = lock(&self.stale);
         prune_expired(&mut stale, now);
-        stale.insert(key.clone(), (versions, now + Duration::from_secs(5)));
+        stale.insert(key.clone(), (versions, now + STALE_MARK_KEEP));
     }
 
     /// Drops the per-object memory of a finished activity (the stale-cache guard expires by itself).
@@ -333,7 +342,7 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     if !ctx.pods_ready.wait(Duration::from_secs(30)).await {
         return Err(Error::PodCacheNotReady);
     }
-    let pods = ctx.pods_of(&act);
+    let pods = pods_confirmed(&ctx, &act).await?;
     // The cached copy may lag behind what the worker wrote (its outcome, its last heartbeat). An
     // attempt whose worker exited with no outcome in the cache waits a moment for the outcome.
     let exited = planner::exit_without_outcome(&act, &pods)
@@ -346,20 +355,35 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
             return Ok(Requeue::requeue(OUTCOME_GRACE - waited));
         }
     }
-    // Judging the exit then, or a timeout, is written only over the version it was judged on: if
-    // the Activity changed since (an outcome or a heartbeat the watch has not delivered yet), the
-    // write is refused and the attempt is judged again on a fresh (quorum) read. That costs a
-    // round trip only when the cache was behind.
+    // Every write is made only over the version the plan was judged on: if the Activity changed
+    // since (an outcome or a heartbeat the watch has not delivered yet, or, on a control plane
+    // whose watch lags by a minute, our own earlier writes), the write is refused and the activity
+    // is judged again on a fresh (quorum) read. That costs a round trip only when the cache was
+    // behind. A plan that would create a pod and write nothing is made from a fresh read at once.
     let cached_version = act.resource_version();
     let plan = planner::plan(&act, &pods, Timestamp::now());
-    let guarded = exited.is_some() || planner::timeout_needs_guarded_write(&act, &plan);
-    let mut result = execute(&act, cached_version.clone(), plan, guarded, &ctx, &key).await;
+    let why = if exited.is_some() {
+        "exit"
+    } else if planner::judges_a_timeout(&act, &plan) {
+        "timeout"
+    } else if planner::creates_a_pod_unguarded(&act, &plan) {
+        "pod_create"
+    } else if plan.has(&Action::AddFinalizer) {
+        "finalizer"
+    } else {
+        "status"
+    };
+    let mut result = match why {
+        "pod_create" => Err(Error::Superseded),
+        _ => execute(&act, cached_version.clone(), plan, &ctx, &key).await,
+    };
     if matches!(result, Err(Error::Superseded)) {
-        ctx.metrics.fresh_read(if exited.is_some() { "exit" } else { "timeout" });
+        ctx.metrics.fresh_read(why);
         let Some(read) = read_afresh(&ctx, &act).await? else { return Ok(Requeue::await_change()) };
+        let pods = pods_confirmed(&ctx, &read).await?;
         let plan = planner::plan(&read, &pods, Timestamp::now());
-        let guarded = planner::exit_without_outcome(&read, &pods) || planner::timeout_needs_guarded_write(&read, &plan);
-        result = execute(&read, cached_version, plan, guarded, &ctx, &key).await;
+        // Refused again: the activity is changing under us; the error policy retries with backoff.
+        result = execute(&read, cached_version, plan, &ctx, &key).await;
     }
     if let (Some(exit), Ok(_)) = (&exited, &result) {
         ctx.exits.forget(exit);
@@ -374,6 +398,23 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
 fn pod_key(act: &Activity, attempt: i32) -> PodKey {
     let pod = ObjectRef::new(&pod_name(&act.name_any(), attempt)).within(&act.namespace().unwrap_or_default());
     (pod, act.uid().unwrap_or_default())
+}
+
+/// The activity's pods from the cache, and the current attempt's pod read from the API server
+/// when the cache does not show it (see [`planner::pod_to_confirm`]): an attempt is never judged
+/// on the absence of a pod that the pod watch has not delivered yet.
+async fn pods_confirmed(ctx: &Context, act: &Activity) -> Result<Vec<PodView>, Error> {
+    let mut pods = ctx.pods_of(act);
+    let Some(name) = planner::pod_to_confirm(act, &pods) else { return Ok(pods) };
+    ctx.metrics.fresh_read("pod");
+    let api: Api<WorkerPod> = Api::namespaced(ctx.client.clone(), &act.namespace().unwrap_or_default());
+    let uid = act.uid().unwrap_or_default();
+    let read = api.get_opt(&name).await.map_err(kube_err("get pod"))?;
+    if let Some(pod) = read.filter(|p| p.owner_references().iter().any(|o| o.uid == uid)) {
+        debug!(pod = %name, "the pod cache does not show the pod yet: read it");
+        pods.push(PodView::from_pod(&pod));
+    }
+    Ok(pods)
 }
 
 /// The Activity as the API server has it now; `None` once it is gone.
@@ -401,15 +442,14 @@ pub fn error_policy(act: Arc<Activity>, error: &Error, ctx: Arc<Context>) -> Req
 }
 
 /// Carries out `plan`, made from `act`. `cached_version` is the version the cache showed, when
-/// `act` was read afresh instead: our writes make it out of date too. With `guarded`, the status
-/// is written only if the Activity is still at the version `act` shows (or the one our finalizer
+/// `act` was read afresh instead: our writes make it out of date too. The finalizer and the status
+/// are written only if the Activity is still at the version `act` shows (or the one our finalizer
 /// patch made of it); otherwise nothing after that write is done and the result is
 /// [`Error::Superseded`].
 async fn execute(
     act: &Activity,
     cached_version: Option<String>,
     plan: Plan,
-    guarded: bool,
     ctx: &Context,
     key: &ObjectRef<Activity>,
 ) -> Result<Requeue, Error> {
@@ -423,22 +463,25 @@ async fn execute(
     superseded.dedup();
     let mut finalized = None;
     if plan.has(&Action::AddFinalizer) {
-        finalized = add_finalizer(&acts, act).await?.resource_version();
+        finalized = match add_finalizer(&acts, act).await {
+            Err(Error::Kube { source, .. }) if api_code(&source) == Some(409) => return Err(Error::Superseded),
+            other => other?.resource_version(),
+        };
         ctx.metrics.write("finalizer");
     }
     let current = act.status.clone().unwrap_or_default();
     let mut written = None;
     if plan.status != current {
-        let precondition = if guarded { finalized.clone().or_else(|| act.resource_version()) } else { None };
+        let precondition = finalized.clone().or_else(|| act.resource_version());
         written = match write_status(&acts, &name, &plan.status, precondition.as_deref()).await {
-            Err(Error::Kube { source, .. }) if guarded && api_code(&source) == Some(409) => {
+            Err(Error::Kube { source, .. }) if api_code(&source) == Some(409) => {
                 return Err(Error::Superseded);
             }
             other => other?.resource_version(),
         };
         ctx.metrics.write("status");
         // The finalizer patch's version is out of date too once the status is written.
-        superseded.extend(finalized);
+        superseded.extend(finalized.clone());
         superseded.retain(|rv| written.as_ref() != Some(rv));
     } else if !plan.has(&Action::AddFinalizer) {
         superseded.clear();
@@ -487,7 +530,13 @@ async fn execute(
                 if let Some(message) = refused {
                     // Permanent: retrying the same template would be refused again.
                     let rejected = planner::pod_rejected(act, &plan.status, message, Timestamp::now());
-                    write_status(&acts, &name, &rejected.status, None).await?;
+                    let version = written.clone().or_else(|| finalized.clone()).or_else(|| act.resource_version());
+                    match write_status(&acts, &name, &rejected.status, version.as_deref()).await {
+                        Err(Error::Kube { source, .. }) if api_code(&source) == Some(409) => {
+                            return Err(Error::Superseded);
+                        }
+                        other => other?,
+                    };
                     ctx.metrics.write("status");
                     publish(ctx, act, &rejected.events);
                     if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, act).await? {

@@ -36,8 +36,10 @@ pub struct Metrics {
     pub events_dropped: Counter,
     /// Unfinished activities whose next deadline is armed as a timer.
     pub deadlines_armed: Gauge,
-    /// Activities read afresh from the API server before judging an attempt, by why
-    /// (`exit`: the worker exited with no outcome in the cache; `timeout`: a deadline lapsed in the cache).
+    /// Objects read afresh from the API server because the cache was behind, by why: a write
+    /// judged on the cached Activity was refused (`exit`, `timeout`, `finalizer`, `status`), a
+    /// plan would create a pod without writing the status (`pod_create`), or the current
+    /// attempt's pod was missing from the pod cache (`pod`).
     pub fresh_reads: Family<KindLabel, Counter>,
 }
 
@@ -79,7 +81,7 @@ impl Default for Metrics {
         );
         registry.register(
             "fresh_reads",
-            "Activities read afresh to judge an attempt because the write of its judgement was refused (the Activity had changed since the cached copy), by what was judged: exit (a worker exited with no outcome in the cache) or timeout",
+            "Objects read afresh because the cache was behind, by why: exit, timeout, finalizer or status (a write judged on the cached Activity was refused: the Activity had changed since), pod_create (a plan would create a pod without writing the status), pod (the current attempt's pod was missing from the pod cache)",
             fresh_reads.clone(),
         );
         Metrics {

@@ -126,16 +126,35 @@ pub fn exit_without_outcome(activity: &Activity, pods: &[PodView]) -> bool {
     live && exited && !reported
 }
 
-/// Whether `plan` ends the current attempt on a timeout that it has just found lapsed. `activity`
-/// is the controller's cached copy, and the watch may lag behind a heartbeat or an outcome that
-/// reached the API server before the deadline. The controller then writes the status only if the
-/// Activity is still at the version the plan was made from (a resourceVersion precondition); if it
-/// changed, it reads the Activity afresh and plans again, so a worker that was in time is never
-/// cut off.
-pub fn timeout_needs_guarded_write(activity: &Activity, plan: &Plan) -> bool {
+/// Whether `plan` ends the current attempt on a timeout that it has just found lapsed. Every status
+/// write is made only over the version of the Activity the plan was made from (a resourceVersion
+/// precondition); this tells the metrics why a refused write was judged again on a fresh read.
+pub fn judges_a_timeout(activity: &Activity, plan: &Plan) -> bool {
     let before = activity.status.as_ref().and_then(|s| s.last_failure.as_ref());
     let after = plan.status.last_failure.as_ref();
     after.is_some_and(|f| f.timeout_type.is_some()) && after != before
+}
+
+/// The name of the current attempt's pod when `pods` (from the controller's cache) lacks it while
+/// the activity is live and the attempt has no outcome. The pod watch can lag the API server by a
+/// minute on a saturated control plane, so a pod missing from the cache is read from the API
+/// server before the attempt is judged on its absence (failed as `PodDeleted`, or its pod created
+/// again).
+pub fn pod_to_confirm(activity: &Activity, pods: &[PodView]) -> Option<String> {
+    let status = activity.status.as_ref()?;
+    let (attempt, name) = (status.attempt?, status.pod_name.as_deref()?);
+    let live = matches!(status.phase, Some(Phase::Pending | Phase::Running | Phase::Canceling));
+    let reported = status.outcome.as_ref().is_some_and(|o| o.attempt == attempt);
+    let shown = pods.iter().any(|p| p.name == name);
+    (live && !reported && !shown).then(|| name.to_string())
+}
+
+/// Whether `plan` creates a pod without writing the status. Such a plan changes nothing that a
+/// resourceVersion precondition could guard, so the controller makes it only from a fresh read:
+/// a cache that lags might show an attempt that has since ended, and its pod would be started again.
+pub fn creates_a_pod_unguarded(activity: &Activity, plan: &Plan) -> bool {
+    let current = activity.status.clone().unwrap_or_default();
+    plan.status == current && plan.actions.iter().any(|a| matches!(a, Action::CreatePod { .. }))
 }
 
 /// The attempt's pod cannot be made: the API server refused it (e.g. an invalid template) or the

@@ -559,26 +559,69 @@ fn an_exit_without_an_outcome_is_recognised() {
 }
 
 #[test]
-fn a_timeout_found_in_the_cache_is_written_only_over_the_version_it_was_judged_on() {
+fn a_timeout_found_in_the_cache_is_recognised_as_one() {
     let cached = running_activity(seed(), 1, 1_000);
     let lapsed = plan(&cached, &[running(1, 0)], at(6_000));
-    assert!(timeout_needs_guarded_write(&cached, &lapsed), "heartbeat deadline lapsed in the cached copy");
+    assert!(judges_a_timeout(&cached, &lapsed), "heartbeat deadline lapsed in the cached copy");
     // The fresh copy holds a heartbeat that reached the API server in time: no timeout, no guard.
     let mut fresh = cached.clone();
     fresh.status.as_mut().unwrap().last_heartbeat_time = Some(MicroTime(at(5_500)));
     let replanned = plan(&fresh, &[running(1, 0)], at(6_000));
     assert_eq!(replanned.status.last_failure, None);
-    assert!(!timeout_needs_guarded_write(&fresh, &replanned));
+    assert!(!judges_a_timeout(&fresh, &replanned));
     // Start-to-close too: an outcome may be in flight just the same.
     let s2c = running_activity(activity(json!({"startToCloseTimeout": "10s"})), 1, 1_000);
-    assert!(timeout_needs_guarded_write(&s2c, &plan(&s2c, &[running(1, 0)], at(11_000))));
+    assert!(judges_a_timeout(&s2c, &plan(&s2c, &[running(1, 0)], at(11_000))));
     // Not before the deadline, nor for a failure the status already records (backing off).
-    assert!(!timeout_needs_guarded_write(&cached, &plan(&cached, &[running(1, 0)], at(5_999))));
+    assert!(!judges_a_timeout(&cached, &plan(&cached, &[running(1, 0)], at(5_999))));
     let backing_off = applied(cached, &lapsed);
     let waiting_retry = plan(&backing_off, &[exited(1, Some(143), "Error", false)], at(6_500));
-    assert!(!timeout_needs_guarded_write(&backing_off, &waiting_retry));
+    assert!(!judges_a_timeout(&backing_off, &waiting_retry));
     // A failure that is not a timeout (an exit judged by its code) is not one.
     let crashed = plan(&running_activity(seed(), 1, 1_000), &[exited(1, Some(1), "Error", false)], at(2_000));
     assert!(crashed.status.last_failure.is_some());
-    assert!(!timeout_needs_guarded_write(&running_activity(seed(), 1, 1_000), &crashed));
+    assert!(!judges_a_timeout(&running_activity(seed(), 1, 1_000), &crashed));
+}
+
+#[test]
+fn a_pod_missing_from_the_cache_is_read_before_the_attempt_is_judged_on_its_absence() {
+    let a = running_activity(seed(), 1, 1_000);
+    assert_eq!(pod_to_confirm(&a, &[]), Some("job-1".into()), "running, its pod not in the cache");
+    assert_eq!(pod_to_confirm(&a, &[running(1, 0)]), None, "the cache shows it");
+    assert_eq!(pod_to_confirm(&a, &[running(2, 0)]), Some("job-1".into()), "another attempt's pod is not it");
+    // Without the read, the planner would fail the attempt as PodDeleted.
+    assert_eq!(plan(&a, &[], at(2_000)).status.last_failure.map(|f| f.type_), Some("PodDeleted".into()));
+    let ok = Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false };
+    assert_eq!(pod_to_confirm(&with_outcome(a.clone(), ok), &[]), None, "the outcome decides, not the pod");
+    for phase in [Phase::BackingOff, Phase::Succeeded, Phase::Failed, Phase::TimedOut, Phase::Canceled] {
+        let mut done = a.clone();
+        done.status.as_mut().unwrap().phase = Some(phase);
+        assert_eq!(pod_to_confirm(&done, &[]), None, "{phase:?} has no live pod to look for");
+    }
+    assert_eq!(pod_to_confirm(&seed(), &[]), None, "no attempt yet");
+    let mut pending = a;
+    pending.status.as_mut().unwrap().phase = Some(Phase::Pending);
+    assert_eq!(pod_to_confirm(&pending, &[]), Some("job-1".into()));
+}
+
+#[test]
+fn a_plan_that_creates_a_pod_and_writes_nothing_is_recognised() {
+    // A pending attempt whose pod the cache does not show: the planner creates it again and the
+    // status stays as it is, so no resourceVersion precondition would guard the create.
+    let mut pending = running_activity(seed(), 1, 1_000);
+    let st = pending.status.as_mut().unwrap();
+    st.phase = Some(Phase::Pending);
+    st.started_time = None;
+    let again = plan(&pending, &[], at(2_000));
+    let pending = applied(pending, &again);
+    let again = plan(&pending, &[], at(2_000));
+    assert!(again.has(&Action::CreatePod { attempt: 1 }), "{:?}", again.actions);
+    assert!(creates_a_pod_unguarded(&pending, &again));
+    // Starting an attempt writes the status with the attempt in it: guarded by that write.
+    let first = plan(&seed(), &[], at(0));
+    assert!(first.has(&Action::CreatePod { attempt: 1 }));
+    assert!(!creates_a_pod_unguarded(&seed(), &first));
+    // Running with its pod: nothing to create.
+    let a = running_activity(seed(), 1, 1_000);
+    assert!(!creates_a_pod_unguarded(&a, &plan(&a, &[running(1, 0)], at(2_000))));
 }

@@ -468,6 +468,33 @@ async fn heartbeats_keep_an_attempt_alive_and_the_timeout_counts_from_the_last_o
 }
 
 #[tokio::test]
+async fn a_pod_the_pod_cache_does_not_show_is_read_before_the_attempt_is_failed() {
+    let s = Scenario::new("op-lost").await;
+    s.start_silent_worker("lost", 60).await;
+    // The pod leaves the operator's pod watch (it selects on the activity label) but keeps running:
+    // to the operator's cache it is gone, as it is while a lagging watch has not delivered it yet.
+    let pod_reads = r#"activity_operator_fresh_reads_total{kind="pod"}"#;
+    let before = s.op.counter(pod_reads).await.expect("metrics");
+    let label = json!({"metadata": {"labels": {"heartbeat.dev/activity": null}}});
+    s.pods.patch("lost-1", &PatchParams::default(), &Patch::Merge(&label)).await.expect("unlabel the pod");
+    wait_for(Duration::from_secs(20), "the operator reads the pod", || async {
+        let reads = s.op.counter(pod_reads).await?;
+        Ok((reads > before).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        s.dump();
+        panic!("the pod missing from the cache was never read: {e}")
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a = s.acts.get("lost").await.expect("get activity");
+    let st = status(&a);
+    assert_eq!((st.phase, st.attempt), (Some(Phase::Running), Some(1)), "the running attempt was judged lost");
+    assert_eq!(st.last_failure, None);
+    s.finish().await;
+}
+
+#[tokio::test]
 async fn a_heartbeat_in_time_keeps_the_attempt_even_when_the_operator_sees_it_late() {
     let s = Scenario::new("op-late").await;
     s.start_silent_worker("late", 8).await;
