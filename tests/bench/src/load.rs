@@ -73,10 +73,12 @@ pub async fn apply(cluster: &Cluster, m: usize) -> anyhow::Result<RunResult> {
     Ok(res)
 }
 
-/// The control plane's processes, by the pids `cluster.sh` recorded, and etcd's database file.
+/// The control plane's processes, by the pids `cluster.sh` recorded, etcd's database file, and
+/// etcd's client port (for its metrics).
 pub(crate) struct ControlPlane {
     pids: Vec<(String, u32)>,
     db: PathBuf,
+    etcd_port: Option<u16>,
 }
 
 impl ControlPlane {
@@ -88,7 +90,16 @@ impl ControlPlane {
                 .with_context(|| format!("no pid recorded for {c} in {}", dir.display()))?;
             pids.push((c.to_string(), text.trim().parse().with_context(|| format!("pid of {c}"))?));
         }
-        Ok(Self { pids, db: dir.join("etcd/member/snap/db") })
+        let env = std::fs::read_to_string(dir.join("cluster.env")).unwrap_or_default();
+        let etcd_port = env.lines().find_map(|l| l.strip_prefix("ETCD_PORT=")?.trim().parse().ok());
+        Ok(Self { pids, db: dir.join("etcd/member/snap/db"), etcd_port })
+    }
+
+    /// The bytes of etcd's database in use (`etcd_mvcc_db_total_size_in_use_in_bytes`): unlike the
+    /// file's size it grows while free pages (left by earlier deletions) are reused.
+    async fn db_in_use(&self) -> Option<f64> {
+        let text = activity_tests::operator::http_get(self.etcd_port?, "/metrics").await.ok()?;
+        text.lines().find_map(|l| l.strip_prefix("etcd_mvcc_db_total_size_in_use_in_bytes ")?.trim().parse().ok())
     }
 
     fn cpu(&self) -> anyhow::Result<Vec<f64>> {
@@ -349,9 +360,19 @@ pub async fn load(cluster: &Cluster, plan: &LoadPlan) -> anyhow::Result<Vec<RunR
                 "MiB",
             );
             let w0 = bench.op.counters(WRITES).await?.values().sum::<f64>();
+            let in_use = cp.db_in_use().await;
             let cpu = CpuWindow::start(&bench.op, &cp)?;
             let driven = steady(&acts, &names, Duration::from_secs(interval), window).await;
             cpu.finish(&bench.op, &cp, &mut res)?;
+            if let (Some(before), Some(after)) = (in_use, cp.db_in_use().await) {
+                let per_hour = (after - before) / window.as_secs_f64() * 3600.0 / (1024.0 * 1024.0);
+                res.push("etcd db in use growth, extrapolated per hour", per_hour, "MiB/h");
+                if per_hour < 0.0 {
+                    res.notes.push(
+                        "etcd's in-use size fell in the window: a compaction (every 5 min) freed revisions".into(),
+                    );
+                }
+            }
             let writes = bench.op.counters(WRITES).await?.values().sum::<f64>() - w0;
             let sent = driven.latency.len() as f64;
             res.push("heartbeats offered per second", n as f64 / interval as f64, "1/s");
