@@ -362,21 +362,20 @@ pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue,
     // behind. A plan that would create a pod and write nothing is made from a fresh read at once.
     let cached_version = act.resource_version();
     let plan = planner::plan(&act, &pods, Timestamp::now());
+    let pod_only = planner::creates_a_pod_unguarded(&act, &plan);
     let why = if exited.is_some() {
         "exit"
     } else if planner::judges_a_timeout(&act, &plan) {
         "timeout"
-    } else if planner::creates_a_pod_unguarded(&act, &plan) {
+    } else if pod_only {
         "pod_create"
     } else if plan.has(&Action::AddFinalizer) {
         "finalizer"
     } else {
         "status"
     };
-    let mut result = match why {
-        "pod_create" => Err(Error::Superseded),
-        _ => execute(&act, cached_version.clone(), plan, &ctx, &key).await,
-    };
+    let mut result =
+        if pod_only { Err(Error::Superseded) } else { execute(&act, cached_version.clone(), plan, &ctx, &key).await };
     if matches!(result, Err(Error::Superseded)) {
         ctx.metrics.fresh_read(why);
         let Some(read) = read_afresh(&ctx, &act).await? else { return Ok(Requeue::await_change()) };
@@ -463,22 +462,14 @@ async fn execute(
     superseded.dedup();
     let mut finalized = None;
     if plan.has(&Action::AddFinalizer) {
-        finalized = match add_finalizer(&acts, act).await {
-            Err(Error::Kube { source, .. }) if api_code(&source) == Some(409) => return Err(Error::Superseded),
-            other => other?.resource_version(),
-        };
+        finalized = add_finalizer(&acts, act).await?.resource_version();
         ctx.metrics.write("finalizer");
     }
     let current = act.status.clone().unwrap_or_default();
     let mut written = None;
     if plan.status != current {
         let precondition = finalized.clone().or_else(|| act.resource_version());
-        written = match write_status(&acts, &name, &plan.status, precondition.as_deref()).await {
-            Err(Error::Kube { source, .. }) if api_code(&source) == Some(409) => {
-                return Err(Error::Superseded);
-            }
-            other => other?.resource_version(),
-        };
+        written = write_status(&acts, &name, &plan.status, precondition.as_deref()).await?.resource_version();
         ctx.metrics.write("status");
         // The finalizer patch's version is out of date too once the status is written.
         superseded.extend(finalized.clone());
@@ -531,12 +522,7 @@ async fn execute(
                     // Permanent: retrying the same template would be refused again.
                     let rejected = planner::pod_rejected(act, &plan.status, message, Timestamp::now());
                     let version = written.clone().or_else(|| finalized.clone()).or_else(|| act.resource_version());
-                    match write_status(&acts, &name, &rejected.status, version.as_deref()).await {
-                        Err(Error::Kube { source, .. }) if api_code(&source) == Some(409) => {
-                            return Err(Error::Superseded);
-                        }
-                        other => other?,
-                    };
+                    write_status(&acts, &name, &rejected.status, version.as_deref()).await?;
                     ctx.metrics.write("status");
                     publish(ctx, act, &rejected.events);
                     if rejected.has(&Action::RemoveFinalizer) && remove_finalizer(&acts, act).await? {
@@ -587,8 +573,17 @@ async fn execute(
     })
 }
 
+/// A write refused because its resourceVersion precondition no longer holds is
+/// [`Error::Superseded`]: the plan is judged again on a fresh read.
+fn guarded(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| match api_code(&source) {
+        Some(409) => Error::Superseded,
+        _ => Error::Kube { action, source },
+    }
+}
+
 /// Server-side apply of the operator's part of the status. With `precondition`, only over that
-/// resourceVersion: the API server answers 409 Conflict if the Activity has changed since.
+/// resourceVersion: [`Error::Superseded`] if the Activity has changed since.
 async fn write_status(
     acts: &Api<Activity>,
     name: &str,
@@ -607,7 +602,7 @@ async fn write_status(
     }
     acts.patch_status(name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map_err(kube_err("write status"))
+        .map_err(guarded("write status"))
 }
 
 /// Adds our finalizer, guarded by the resourceVersion so no concurrent change is lost.
@@ -616,7 +611,7 @@ async fn add_finalizer(acts: &Api<Activity>, act: &Activity) -> Result<Activity,
     finalizers.push(FINALIZER.into());
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": act.resource_version() } });
     let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
-    acts.patch(&act.name_any(), &params, &Patch::Merge(&patch)).await.map_err(kube_err("add finalizer"))
+    acts.patch(&act.name_any(), &params, &Patch::Merge(&patch)).await.map_err(guarded("add finalizer"))
 }
 
 /// Removes our finalizer with a JSON patch that tests its position first: at the position `act`
