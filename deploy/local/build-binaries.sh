@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl) and Helm from their upstream Go modules, pinned by the go.mod/go.sum files beside this
+# kubectl), the real node's kubelet and kube-proxy and Helm from their upstream Go modules, pinned by the go.mod/go.sum files beside this
 # script. Binaries go to a cache outside the repository keyed by those pins, so a rebuild happens
 # only when a pinned version changes. Prints the binary directory on stdout.
 set -euo pipefail
@@ -13,7 +13,7 @@ helm_version=$(awk '$1=="helm.sh/helm/v3" {print $2; exit} $2=="helm.sh/helm/v3"
 key=$(cat "$here"/k8s/go.mod "$here"/k8s/go.sum "$here"/k8s/cmd/etcd/main.go "$here"/helm/go.mod "$here"/helm/go.sum \
       <(go env GOVERSION) <(sed -n '/^# BUILD-RECIPE/,$p' "$0") | sha256sum | cut -c1-16)
 bin="$cache_root/bin/$k8s_version-$key"
-tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy helm)
 all_there() { for t in "${tools[@]}"; do [[ -x $bin/$t ]] || return 1; done; }
 if all_there; then echo "$bin"; exit 0; fi
 # One build at a time: a concurrent caller (another `cluster.sh up`, a test run) waits for the running
@@ -38,7 +38,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 log() { echo "build-binaries: $*" >&2; }
 cd "$here/k8s"
-for t in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for t in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   log "building $t $k8s_version"
   go build -trimpath -ldflags "-s -w $ver_flags" -o "$bin.tmp/$t" "k8s.io/kubernetes/cmd/$t"
 done
