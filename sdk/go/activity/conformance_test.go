@@ -209,7 +209,9 @@ type trace struct {
 	returned bool
 }
 
-func (tr *trace) failf(format string, args ...any) { tr.failures = append(tr.failures, fmt.Sprintf(format, args...)) }
+func (tr *trace) failf(format string, args ...any) {
+	tr.failures = append(tr.failures, fmt.Sprintf(format, args...))
+}
 
 func runSteps(sc *scenario, api *fakeAPI, tr *trace) func(context.Context, json.RawMessage) (json.RawMessage, error) {
 	return func(ctx context.Context, input json.RawMessage) (json.RawMessage, error) {
