@@ -8,6 +8,9 @@
 #   make test          fmt, clippy, unit tests, cluster selftest, then the integration tests against
 #                      the local cluster (started, and stopped again, if it was not running)
 #   make dev           cluster + the operator from the chart + the examples, then how to watch them
+#   make images        the OCI images (static musl binaries on scratch, built by buildah from
+#                      operator/Dockerfile and worker-image/Dockerfile; deploy/local/images.sh), pushed
+#                      to the local cluster's registry when it runs (ACTIVITY_REAL_NODE=1)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -21,7 +24,7 @@ CHART := charts/activity-operator
 RELEASE := activity-operator
 NAMESPACE ?= activity-system
 
-.PHONY: build cluster cluster-down test dev
+.PHONY: build cluster cluster-down test dev images
 
 build:
 	cargo build --workspace --bins
@@ -32,6 +35,14 @@ cluster: build
 
 cluster-down:
 	$(CLUSTER) down
+
+images:
+	deploy/local/images.sh build
+	@if reg=$$(ACTIVITY_LOCAL_DIR=$(LOCAL) $(CLUSTER) registry); then \
+	  deploy/local/images.sh push "$$reg"; \
+	else \
+	  echo "images: no local registry runs (cluster.sh up with ACTIVITY_REAL_NODE=1 starts one and pushes these)"; \
+	fi
 
 test:
 	cargo fmt --all -- --check
