@@ -48,6 +48,9 @@ fn env_var(s: &str) -> Result<(String, String), String> {
 
 /// Flags of `start` and `execute`, named like the Temporal CLI's.
 #[derive(Args, Debug, Clone)]
+#[command(group(
+    clap::ArgGroup::new("timeout").required(true).multiple(true).args(["start_to_close_timeout", "schedule_to_close_timeout"])
+))]
 pub struct StartArgs {
     /// Name of the Activity to create.
     pub name: String,
@@ -432,8 +435,8 @@ async fn events_of(conn: &Conn, name: &str, uid: Option<&str>) -> anyhow::Result
             time: e
                 .last_timestamp
                 .map(|t| t.0)
-                .or(e.event_time.map(|t| t.0))
                 .or(e.series.as_ref().and_then(|s| s.last_observed_time.as_ref()).map(|t| t.0))
+                .or(e.event_time.map(|t| t.0))
                 .or(e.first_timestamp.map(|t| t.0))
                 .or(e.metadata.creation_timestamp.map(|t| t.0)),
             type_: e.type_.unwrap_or_default(),
@@ -540,8 +543,11 @@ mod tests {
 
     #[test]
     fn start_needs_a_timeout_and_valid_values() {
-        let err = parse(&["job"]).activity("ns").unwrap_err().to_string();
-        assert!(err.contains("--start-to-close-timeout"), "{err}");
+        let e = Cli::try_parse_from(["kubectl-activity", "start", "job"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--start-to-close-timeout"), "{e}");
+        let only_total = parse(&["job", "--schedule-to-close-timeout", "1h"]).activity("ns").unwrap();
+        assert_eq!(only_total["spec"]["scheduleToCloseTimeout"], "1h");
         for bad in [
             vec!["start", "j", "--start-to-close-timeout", "10 minutes"],
             vec!["start", "j", "--input", "{nope"],
