@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The local cluster: etcd, kube-apiserver, kube-controller-manager and kube-scheduler (upstream builds
-# from build-binaries.sh) on loopback, plus the process node (deploy/local/node). No containers.
+# from build-binaries.sh) on loopback, plus the process node (deploy/local/node), and with
+# ACTIVITY_REAL_NODE=1 a real node (deploy/local/realnode/realnode.sh: kubelet, containerd, runc, CNI,
+# kube-proxy, a loopback registry serving the images of deploy/local/images.sh).
 #
 #   cluster.sh up        start everything; idempotent (a healthy cluster is left alone, the leftovers
 #                        of a killed run are stopped and wiped, then a fresh cluster starts)
@@ -10,6 +12,7 @@
 #   cluster.sh env       prints exports for a shell: eval "$(deploy/local/cluster.sh env)"
 #   cluster.sh selftest  up / down / restart / killed-run recovery checks on a second, isolated
 #                        cluster (in .local/selftest); it does not touch the main cluster
+#   cluster.sh registry  prints the loopback registry's HOST:PORT while it runs (real node only)
 #
 # State lives in .local/ (ACTIVITY_LOCAL_DIR overrides): kubeconfig (admin), node.kubeconfig, bin-dir,
 # cluster.env (ports), pki/, logs/<component>.log, pids/<component>.pid, etcd/, node/.
@@ -17,6 +20,9 @@
 #   ACTIVITY_CLUSTER_TIMEOUT  seconds to wait for the control plane, and again for the node (default 60)
 #   ACTIVITY_NODE=skip        run without the process node
 #   ACTIVITY_NODE_BUILD=0     start target/debug/process-node as it is, without `cargo build` first
+#   ACTIVITY_REAL_NODE=1      also run the real node (root and cgroups needed; otherwise `up` says why
+#                             and runs the process node alone); the process node is then tainted
+#                             heartbeat.dev/process-node=true:NoSchedule. One real node per machine.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,10 +38,13 @@ timeout=${ACTIVITY_CLUSTER_TIMEOUT:-60}
 node_name=local-node
 sa_issuer=https://kubernetes.default.svc.cluster.local
 control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler)
-# Stop order: the node first (it stops its pods), then the control plane from the top down.
-stop_order=(process-node kube-scheduler kube-controller-manager kube-apiserver etcd)
+# Stop order: the nodes first (they stop their pods), then the control plane from the top down.
+# The real node's four components stop together (realnode_stop), in their own order.
+stop_order=(process-node kubelet kube-proxy containerd registry kube-scheduler kube-controller-manager kube-apiserver etcd)
 
 log() { echo "cluster: $*" >&2; }
+# shellcheck source=deploy/local/realnode/realnode.sh
+source "$here/realnode/realnode.sh"
 warn() { echo "cluster: WARNING: $*" >&2; }
 # Set while `up` starts processes: a failure then stops what it started (logs stay for a look).
 stop_on_failure=0
@@ -62,6 +71,10 @@ marker() {
     kube-controller-manager) echo "--kubeconfig=$pki/kube-controller-manager.kubeconfig" ;;
     kube-scheduler) echo "--kubeconfig=$pki/kube-scheduler.kubeconfig" ;;
     process-node) echo "$local_dir/node.kubeconfig" ;;
+    registry) echo "$local_dir/realnode/registry.yml" ;;
+    containerd) echo "$local_dir/realnode/containerd.toml" ;;
+    kubelet) echo "--config=$local_dir/realnode/kubelet.yaml" ;;
+    kube-proxy) echo "--config=$local_dir/realnode/kube-proxy.yaml" ;;
     *) die "internal: unknown component $1" ;;
   esac
 }
@@ -185,6 +198,13 @@ stop_pod_groups() {
 stop_all() {
   local comp grace
   for comp in "${stop_order[@]}"; do
+    case $comp in
+      kubelet)
+        realnode_stop
+        continue
+        ;;
+      kube-proxy | containerd | registry) continue ;;
+    esac
     grace=10
     [[ $comp == process-node ]] && grace=20
     stop_component "$comp" "$grace"
@@ -201,7 +221,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_ports() {
   local name port taken=" "
   : >"$local_dir/cluster.env.tmp"
-  for name in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT; do
+  for name in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT $(realnode_ports); do
     while :; do
       # Below the kernel's ephemeral range (32768+), so outgoing connections never hold them.
       port=$((20000 + RANDOM % 12000))
@@ -210,6 +230,8 @@ pick_ports() {
     taken+="$port "
     echo "$name=$port" >>"$local_dir/cluster.env.tmp"
   done
+  # The API server's flags differ with a real node (realnode_apiserver_flags): `up` restarts on a change.
+  echo "REAL_NODE=$(realnode_wanted && [[ -z $(realnode_unsupported) ]] && echo 1 || echo 0)" >>"$local_dir/cluster.env.tmp"
   mv "$local_dir/cluster.env.tmp" "$local_dir/cluster.env"
 }
 
@@ -260,6 +282,7 @@ gen_pki() {
     -days 3650 -sha256 -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out "$pki/front-proxy-ca.crt"
   sign_cert front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
+  realnode_pki
   openssl_quiet genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key"
   openssl_quiet pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 }
@@ -348,7 +371,8 @@ control_plane_healthy() {
 }
 
 any_state() {
-  [[ -d $pids && -n $(ls -A "$pids" 2>/dev/null) ]] || [[ -d $local_dir/node/pids && -n $(ls -A "$local_dir/node/pids" 2>/dev/null) ]]
+  [[ -d $pids && -n $(ls -A "$pids" 2>/dev/null) ]] || [[ -d $local_dir/node/pids && -n $(ls -A "$local_dir/node/pids" 2>/dev/null) ]] ||
+    [[ -f $local_dir/realnode/host.env ]]
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -365,7 +389,7 @@ get_bin_dir() {
 start_control_plane() {
   local started=$SECONDS deadline
   # Keep the previous run's logs for a look after a failure; wipe all other state.
-  rm -rf "$local_dir/etcd" "$pki" "$local_dir/node" "$pids" "$local_dir/logs.prev" \
+  rm -rf "$local_dir/etcd" "$pki" "$local_dir/node" "$pids" "$local_dir/logs.prev" "$local_dir/realnode" \
     "$local_dir/kubeconfig" "$local_dir/node.kubeconfig" "$local_dir/cluster.env"
   [[ -d $logs ]] && mv "$logs" "$local_dir/logs.prev"
   mkdir -p "$pids" "$logs" "$local_dir/node"
@@ -385,8 +409,11 @@ start_control_plane() {
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --log-level warn
 
+  local net_flags=(--advertise-address=127.0.0.1 --bind-address=127.0.0.1 --endpoint-reconciler-type=none)
+  # shellcheck disable=SC2207 # flags without spaces
+  [[ $REAL_NODE == 1 ]] && net_flags=($(realnode_apiserver_flags))
   start_component kube-apiserver "$bin_dir/kube-apiserver" \
-    --advertise-address=127.0.0.1 --bind-address=127.0.0.1 "--secure-port=$APISERVER_PORT" \
+    "${net_flags[@]}" "--secure-port=$APISERVER_PORT" \
     "--etcd-servers=http://127.0.0.1:$ETCD_PORT" \
     "--client-ca-file=$pki/ca.crt" "--tls-cert-file=$pki/apiserver.crt" "--tls-private-key-file=$pki/apiserver.key" \
     "--kubelet-client-certificate=$pki/apiserver-kubelet-client.crt" "--kubelet-client-key=$pki/apiserver-kubelet-client.key" \
@@ -398,7 +425,7 @@ start_control_plane() {
     --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     "--proxy-client-cert-file=$pki/front-proxy-client.crt" "--proxy-client-key-file=$pki/front-proxy-client.key" \
-    --endpoint-reconciler-type=none "--cert-dir=$pki/kube-apiserver" --profiling=false
+    "--cert-dir=$pki/kube-apiserver" --profiling=false
 
   # The controller manager and the scheduler read RBAC-protected configuration at startup and exit
   # when they cannot, so they start once the API server is ready (its RBAC bootstrap included).
@@ -483,7 +510,10 @@ cmd_up() {
   local started=$SECONDS
   mkdir -p "$local_dir"
   get_bin_dir
+  local want_real=0
+  realnode_wanted && [[ -z $(realnode_unsupported) ]] && want_real=1
   if control_plane_healthy && [[ $(cat "$local_dir/bin-dir" 2>/dev/null) == "$bin_dir" ]] &&
+    [[ ${REAL_NODE:-0} == "$want_real" ]] &&
     { ! recorded_pid process-node >/dev/null || component_running process-node >/dev/null; }; then
     log "control plane already running (API server https://127.0.0.1:$APISERVER_PORT)"
   else
@@ -495,6 +525,10 @@ cmd_up() {
     start_control_plane
   fi
   ensure_node
+  realnode_start
+  if [[ $want_real == 1 ]] && component_running process-node >/dev/null; then
+    realnode_taint_process_node
+  fi
   stop_on_failure=0
   log "up in $((SECONDS - started))s; KUBECONFIG=$local_dir/kubeconfig"
 }
@@ -503,6 +537,7 @@ cmd_up() {
 # down, status, env
 
 cmd_down() {
+  bin_dir=$(cat "$local_dir/bin-dir" 2>/dev/null) || bin_dir=""
   if ! any_state; then
     log "nothing running"
     return 0
@@ -539,6 +574,7 @@ cmd_status() {
       [[ -f $f ]] && group_alive "${f##*/}" && n=$((n + 1))
     done
   fi
+  realnode_status
   echo "pod process groups alive: $n"
   if control_plane_healthy; then
     echo "API server: https://127.0.0.1:$APISERVER_PORT (readyz ok); KUBECONFIG=$local_dir/kubeconfig"
@@ -546,6 +582,9 @@ cmd_status() {
       echo "Node $node_name: Ready"
     else
       echo "Node $node_name: not Ready"
+    fi
+    if [[ ${REAL_NODE:-0} == 1 ]]; then
+      if node_ready_named "$real_node_name"; then echo "Node $real_node_name: Ready (real node)"; else echo "Node $real_node_name: not Ready (real node)"; fi
     fi
   else
     echo "API server: not ready"
@@ -690,8 +729,13 @@ cmd_running() {
   done
 }
 
+cmd_registry() {
+  load_env && component_running registry >/dev/null || return 1
+  echo "127.0.0.1:$REGISTRY_PORT"
+}
+
 usage() {
-  sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -701,6 +745,7 @@ case ${1:-} in
   status) cmd_status ;;
   running) cmd_running ;;
   env) cmd_env ;;
+  registry) cmd_registry ;;
   selftest) cmd_selftest ;;
   *) usage ;;
 esac
