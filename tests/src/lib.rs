@@ -4,6 +4,7 @@
 //! The tests expect a running local cluster (`make cluster`, which `make test` starts itself).
 
 pub mod operator;
+pub mod realnode;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
