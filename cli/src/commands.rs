@@ -254,9 +254,9 @@ async fn patch_spec(conn: &Conn, name: &str, patch: Value, what: &str) -> anyhow
         ..Default::default()
     };
     let obj = conn.activities().patch(name, &pp, &Patch::Merge(&patch)).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 400 && s.message.contains("unknown field") => anyhow!(
-            "the Activity CRD in this cluster has no spec.{what} ({}): upgrade the operator and its CRD (crds/activity.yaml)",
-            s.message
+        // Strict field validation: 400 (BadRequest) or 422 (Invalid) naming the unknown field.
+        kube::Error::Api(s) if s.message.contains(&format!("unknown field \"spec.{what}")) => anyhow!(
+            "the Activity CRD in this cluster has no spec.{what}: upgrade the operator and its CRD (crds/activity.yaml)"
         ),
         e => conn.explain(e, Some(name)),
     })?;
