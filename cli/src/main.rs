@@ -148,6 +148,12 @@ pub fn stdout_style() -> render::Style {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools: a closed pipe (`kubectl activity logs x | head`) ends the process quietly.
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always a valid disposition.
+    #[cfg(unix)]
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -155,10 +155,11 @@ pub fn progress_cell(p: Option<Progress>, style: Style) -> String {
     }
 }
 
-/// `2.5/s` or `12.0/min`.
+/// `2.5/s`, `0.25/s` or `1.2/min`.
 pub fn rate_cell(rate: Option<f64>) -> String {
     match rate {
         Some(r) if r >= 1.0 => format!("{r:.1}/s"),
+        Some(r) if r >= 0.1 => format!("{r:.2}/s"),
         Some(r) if r > 0.0 => format!("{:.1}/min", r * 60.0),
         Some(_) => "0/s".into(),
         None => "-".into(),
@@ -623,5 +624,84 @@ mod tests {
         ];
         assert_eq!(lines, expected, "\n{}", lines.join("\n"));
         assert_eq!(summary(&refs), "1/4 finished: 1 BackingOff, 1 New, 1 Running, 1 Succeeded");
+    }
+
+    #[test]
+    fn terminal_style_has_block_bars_and_colored_phase() {
+        let now = ts(NOW);
+        let t = Tracked::new(succeeded());
+        let lines = table(&[&t], now, Style::TERMINAL, true, false);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("ns1   done   \u{1b}[32mSucceeded\u{1b}[0m   1   ████████████████████ 8/8 100%"),
+            "{:?}",
+            lines[0]
+        );
+        assert_eq!(bar(0.5, Style::TERMINAL), "██████████░░░░░░░░░░");
+        assert_eq!(bar(2.0, Style::PLAIN), "[####################]");
+        assert_eq!(bar(-1.0, Style::PLAIN), "[--------------------]");
+    }
+
+    #[test]
+    fn describe_snapshot() {
+        let now = ts(NOW);
+        let events = [
+            EventView {
+                time: Some(ts("2026-11-27T11:59:30Z")),
+                type_: "Normal".into(),
+                reason: "AttemptStarted".into(),
+                message: "attempt 1: created pod exec-shell-1".into(),
+                count: 1,
+            },
+            EventView {
+                time: Some(ts("2026-11-27T11:59:36Z")),
+                type_: "Warning".into(),
+                reason: "AttemptFailed".into(),
+                message: "ExitCode: command exited with code 3".into(),
+                count: 2,
+            },
+        ];
+        let text = describe_text(&backing_off(), &events, now, Style::PLAIN);
+        let expected = "\
+Name:          exec-shell
+Namespace:     ns2
+Phase:         BackingOff
+Attempt:       1
+Paused:        no
+Created:       11:59:30 (30s ago)
+Progress:      [##########----------] 4/8 50%
+Heartbeat:     11:59:35 (25s ago)
+Details:       {\"progress\":{\"done\":4,\"total\":8},\"step\":4}
+Next retry:    in 5s (at 12:00:04)
+Last failure:  attempt 1: ExitCode: command exited with code 3
+
+Attempts (times UTC):
+  ATTEMPT  POD           STARTED   ENDED     DURATION  OUTCOME  FAILURE
+  1        exec-shell-1  11:59:31  11:59:36  5s        Failed   ExitCode: command exited with code 3
+
+Events:
+  AGE       TYPE     REASON          MESSAGE
+  30s       Normal   AttemptStarted  attempt 1: created pod exec-shell-1
+  24s (x2)  Warning  AttemptFailed   ExitCode: command exited with code 3
+";
+        assert_eq!(text, expected, "\n{text}");
+
+        // A running second attempt after a failed first: the live attempt closes the timeline.
+        let mut s = backing_off();
+        s.phase = Some("Running".into());
+        s.attempt = Some(2);
+        s.pod_name = Some("exec-shell-2".into());
+        s.started_time = Some(ts("2026-11-27T11:59:40Z"));
+        s.next_attempt_schedule_time = None;
+        let tl = timeline(&s, now);
+        assert_eq!(
+            tl.iter().map(|e| (e.attempt, e.outcome.as_str())).collect::<Vec<_>>(),
+            [(1, "Failed"), (2, "Running")]
+        );
+        assert_eq!((tl[1].ended, tl[1].duration_seconds, tl[1].failure.is_none()), (None, Some(20.0), true));
+        assert!(
+            describe_text(&s, &[], now, Style::PLAIN)
+                .contains("  2        exec-shell-2  11:59:40  -         20s+      Running")
+        );
     }
 }

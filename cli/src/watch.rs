@@ -294,11 +294,11 @@ mod tests {
         let after = v.lines(now, Style::PLAIN, false);
         assert_eq!(
             before[1],
-            "a      Running   1         [#####---------------] 1/4 25%   6.0/min   10s   20s         -            30s"
+            "a      Running   1         [#####---------------] 1/4 25%   0.10/s   10s   20s         -            30s"
         );
         assert_eq!(
             after[1],
-            "a      Running   1         [###############-----] 3/4 75%   6.0/min   10s   0s          -            30s"
+            "a      Running   1         [###############-----] 3/4 75%   0.10/s   10s   0s          -            30s"
         );
         assert!(!v.done());
     }
