@@ -603,7 +603,8 @@ cmd_env() {
 # beside the main cluster without disturbing it.
 
 cmd_selftest() {
-  local dir=$repo/.local/selftest self t0 pid victim api_port before after with_node=0
+  # ACTIVITY_SELFTEST_DIR: another directory, so two selftests (one with the real node) can run at once.
+  local dir=${ACTIVITY_SELFTEST_DIR:-$repo/.local/selftest} self t0 pid victim api_port before after with_node=0 with_real=0
   [[ -z ${ACTIVITY_LOCAL_DIR:-} ]] || die "selftest uses its own state directory; unset ACTIVITY_LOCAL_DIR"
   self=$here/cluster.sh
   st() { ACTIVITY_LOCAL_DIR=$dir "$self" "$@"; }
@@ -644,14 +645,26 @@ cmd_selftest() {
     done
     return 0
   }
-  # With a node: a pod whose process must go away with the cluster.
+  # With a node: a pod whose process must go away with the cluster. With the real node it runs
+  # there (the process node is tainted) in a real container.
   run_pod() {
     ((with_node)) || return 0
     kc run selftest-sleep --image=busybox --restart=Never --command -- sleep 3600 >/dev/null ||
       fail "cannot create a pod"
     kc wait --for=condition=Ready pod/selftest-sleep --timeout=60s >/dev/null ||
-      fail "pod selftest-sleep not Ready within 60s (process node log: $dir/logs/process-node.log)"
-    [[ -n $(find "$dir/node/pids" -type f 2>/dev/null) ]] || fail "the node recorded no pod process group"
+      fail "pod selftest-sleep not Ready within 60s (logs: $dir/logs/)"
+    if ((with_real)); then
+      [[ $(kc get pod selftest-sleep -o 'jsonpath={.spec.nodeName} {.status.containerStatuses[0].containerID}') == "$real_node_name containerd://"* ]] ||
+        fail "pod selftest-sleep is not in a container on $real_node_name"
+    else
+      [[ -n $(find "$dir/node/pids" -type f 2>/dev/null) ]] || fail "the node recorded no pod process group"
+    fi
+  }
+  # With the real node: nothing of it may be left on the host (chains, bridge, mounts, cgroups).
+  expect_host_clean() { # when
+    ((with_real)) || return 0
+    local left
+    left=$(ACTIVITY_LOCAL_DIR=$dir "$self" leftovers) || fail "real node leftovers $1: $left"
   }
 
   st down >/dev/null 2>&1 || true
@@ -668,6 +681,8 @@ cmd_selftest() {
   st up || fail "up"
   log "selftest: up took $((SECONDS - t0))s"
   [[ -f $dir/pids/process-node.pid ]] && with_node=1
+  [[ -f $dir/pids/kubelet.pid ]] && with_real=1 && with_node=1
+  ((with_real)) && log "selftest: with the real node ($real_node_name)"
   run_pod
 
   log "selftest 2/6: up again leaves the running cluster alone"
@@ -688,6 +703,7 @@ cmd_selftest() {
   after=$(strays)
   [[ -z $after ]] || fail "processes left after down: $after"
   port_free "$api_port" || fail "port $api_port still listening after down"
+  expect_host_clean "after down"
   log "selftest: all $(wc -w <<<"$before") processes gone; API port $api_port closed"
 
   log "selftest 4/6: down again is a no-op"
@@ -701,9 +717,13 @@ cmd_selftest() {
 
   victim=kube-scheduler
   ((with_node)) && victim=process-node
+  # containerd killed leaves its shims and containers running: the recovering up must clear them.
+  ((with_real)) && victim=containerd
   log "selftest 6/6: a killed run (SIGKILL to $victim) is cleaned up and restarted by up"
   pid=$(<"$dir/pids/$victim.pid")
   before=$(strays)
+  # A dead real node is restarted alone (the control plane stays): its processes must be replaced.
+  ((with_real)) && before=$(for p in $before; do grep -qF -- "$dir/realnode/" "/proc/$p/cmdline" 2>/dev/null && echo "$p"; done)
   kill -KILL "$pid"
   ACTIVITY_LOCAL_DIR=$dir "$self" running && fail "'running' reports a healthy cluster with $victim killed"
   t0=$SECONDS
@@ -715,6 +735,7 @@ cmd_selftest() {
   st down || fail "final down"
   after=$(strays)
   [[ -z $after ]] || fail "processes left after the final down: $after"
+  expect_host_clean "after the final down"
   rm -rf "$dir"
   log "selftest: ok"
 }
@@ -746,6 +767,10 @@ case ${1:-} in
   running) cmd_running ;;
   env) cmd_env ;;
   registry) cmd_registry ;;
+  leftovers) # what the real node left on the host; exit 1 when anything (used by selftest)
+    left=$(realnode_leftovers)
+    [[ -z $left ]] || { echo "$left"; exit 1; }
+    ;;
   selftest) cmd_selftest ;;
   *) usage ;;
 esac

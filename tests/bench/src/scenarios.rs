@@ -27,8 +27,19 @@ pub enum DeadlineKind {
     StartToClose,
 }
 
+/// The benchmarks run on the process node (1,000+ pods on two cores). While a real node runs, the
+/// process node carries this taint (deploy/local/cluster.sh): the benchmarks' pods tolerate it and
+/// select that node; without a real node both are no-ops.
+pub(crate) fn on_process_node(pod_spec: &mut Value) {
+    pod_spec["tolerations"] =
+        json!([{"key": "heartbeat.dev/process-node", "operator": "Exists", "effect": "NoSchedule"}]);
+    pod_spec["nodeSelector"] = json!({"kubernetes.io/hostname": "local-node"});
+}
+
 pub(crate) fn shell(script: &str) -> Value {
-    json!({"spec": {"containers": [{"name": "worker", "image": "busybox", "command": ["sh", "-c", script]}]}})
+    let mut spec = json!({"containers": [{"name": "worker", "image": "busybox", "command": ["sh", "-c", script]}]});
+    on_process_node(&mut spec);
+    json!({"spec": spec})
 }
 
 pub(crate) fn activity(name: &str, spec: Value) -> anyhow::Result<Activity> {
@@ -44,6 +55,7 @@ fn job(name: &str, script: &str, active_deadline: Option<u64>) -> anyhow::Result
         "template": {"spec": {"restartPolicy": "Never",
             "containers": [{"name": "worker", "image": "busybox", "command": ["sh", "-c", script]}]}}
     });
+    on_process_node(&mut spec["template"]["spec"]);
     if let Some(s) = active_deadline {
         spec["activeDeadlineSeconds"] = json!(s);
     }
