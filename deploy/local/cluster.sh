@@ -15,7 +15,7 @@
 #   cluster.sh registry  prints the loopback registry's HOST:PORT while it runs (real node only)
 #
 # State lives in .local/ (ACTIVITY_LOCAL_DIR overrides): kubeconfig (admin), node.kubeconfig, bin-dir,
-# cluster.env (ports), pki/, logs/<component>.log, pids/<component>.pid, etcd/, node/.
+# cluster.env (ports), pki/, logs/<component>.log, pids/<component>.pid, etcd/, node/, realnode/.
 # Knobs (environment):
 #   ACTIVITY_CLUSTER_TIMEOUT  seconds to wait for the control plane, and again for the node (default 60)
 #   ACTIVITY_NODE=skip        run without the process node
@@ -23,6 +23,7 @@
 #   ACTIVITY_REAL_NODE=1      also run the real node (root and cgroups needed; otherwise `up` says why
 #                             and runs the process node alone); the process node is then tainted
 #                             heartbeat.dev/process-node=true:NoSchedule. One real node per machine.
+#   ACTIVITY_SELFTEST_DIR     the selftest's state directory (default .local/selftest)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -756,7 +757,7 @@ cmd_registry() {
 }
 
 usage() {
-  sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
