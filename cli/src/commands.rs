@@ -294,6 +294,8 @@ pub async fn wait_for_activity(
     let mut seen = false;
     let mut listed = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // One handler for the whole loop, so a Ctrl-C between two iterations is not missed.
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let result = loop {
         tokio::select! {
             ev = events.next() => {
@@ -329,7 +331,7 @@ pub async fn wait_for_activity(
                 }
             }
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 if let Some(bar) = &live { bar.finish_and_clear(); }
                 eprintln!("interrupted; the activity goes on (see `kubectl activity result {name}`)");
                 std::process::exit(i32::from(crate::EXIT_INTERRUPTED));

@@ -152,6 +152,8 @@ pub async fn run(
     let mut printed: BTreeMap<String, String> = BTreeMap::new();
     let mut header_printed = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // One handler for the whole loop, so a Ctrl-C between two iterations is not missed.
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let mut interrupted = false;
 
     loop {
@@ -184,7 +186,11 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => interrupted = true,
+            _ = &mut ctrl_c => interrupted = true,
+        }
+        if interrupted && !view.listed {
+            multi.clear().ok();
+            return Ok(EXIT_INTERRUPTED);
         }
         if !view.listed {
             continue;

@@ -92,3 +92,40 @@ async fn watch_in_a_terminal_moves_the_bars_and_ends() {
     drop(tmux);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn ctrl_c_ends_the_watch_and_leaves_the_activity_running() {
+    let env = Env::new("cli-tmux-int").await;
+    env.start("long", &["--start-to-close-timeout", "5m"], "sleep 300").await;
+    let args: Vec<String> = env.args(&["watch", "long"]).iter().map(|a| format!("'{a}'")).collect();
+    let command = format!("'{BIN}' {} ; echo WATCH-EXIT=$? ; sleep 600", args.join(" "));
+    let tmux = Tmux::start(&format!("{}-watch", env.ns.name), &command);
+
+    let running = wait_screen(&tmux, Duration::from_secs(120), |s| {
+        s.lines().any(|l| l.starts_with("long ") && l.contains("Running"))
+    })
+    .await;
+    assert!(running.is_some(), "the view shows long Running:\n{}", tmux.screen());
+    let status = Command::new("tmux").args(["send-keys", "-t", &tmux.0, "C-c"]).status().expect("tmux send-keys");
+    assert!(status.success());
+    let ended = wait_screen(&tmux, Duration::from_secs(20), |s| s.contains("WATCH-EXIT=")).await;
+    let screen = ended.unwrap_or_else(|| tmux.screen());
+    assert!(screen.contains("WATCH-EXIT=130"), "Ctrl-C ends the view with 130:\n{screen}");
+    let a = env.get("long").await.unwrap_or_default();
+    assert_eq!(phase(&a), "Running", "watching never changes the activity");
+    drop(tmux);
+    env.finish().await;
+}
+
+/// Polls the pane every 200 ms until `check` accepts it; the screen, or `None` after `timeout`.
+async fn wait_screen(tmux: &Tmux, timeout: Duration, check: impl Fn(&str) -> bool) -> Option<String> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let screen = tmux.screen();
+        if check(&screen) {
+            return Some(screen);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
