@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use activity_crds::{
-    Activity, ENV_ATTEMPT, ENV_NAME, ENV_NAMESPACE, Outcome, WORKER_MANAGER, WorkerFailure, format_duration,
-    parse_duration,
+    Activity, ENV_ATTEMPT, ENV_NAME, ENV_NAMESPACE, Outcome, RawJson, StopCause, WORKER_MANAGER, WorkerFailure,
+    format_duration, parse_duration,
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -42,6 +42,12 @@ pub enum CancelReason {
     /// `status.attempt` is no longer this worker's attempt: the operator has moved on; this
     /// worker's writes are refused.
     Superseded,
+    /// `spec.paused: true`: the operator starts no new attempt until unpaused; this one must stop.
+    /// The stopped attempt does not count toward `maximumAttempts`.
+    Paused,
+    /// A new `spec.reset.requestedAt` (≠ `status.lastReset.requestedAt`): this attempt must stop;
+    /// a new one starts with a fresh retry budget.
+    Reset,
     /// The Activity no longer exists.
     Gone,
     /// The process received a signal (SIGTERM when its pod is deleted).
@@ -60,7 +66,36 @@ impl CancelReason {
 
     /// Whether the worker may still write its outcome.
     pub fn can_report(&self) -> bool {
-        matches!(self, CancelReason::Deleted | CancelReason::CancelRequested | CancelReason::Signal(_))
+        matches!(
+            self,
+            CancelReason::Deleted
+                | CancelReason::CancelRequested
+                | CancelReason::Paused
+                | CancelReason::Reset
+                | CancelReason::Signal(_)
+        )
+    }
+
+    /// The contract's stop cause (DESIGN.md, "The worker's side"): `Canceled` (deletion or
+    /// `spec.cancelRequested`), `Paused`, `Reset`, `Superseded`; `None` for the worker's own
+    /// reasons (a signal, the Activity gone, a missing permission, undeliverable heartbeats).
+    pub fn stop_cause(&self) -> Option<StopCause> {
+        match self {
+            CancelReason::Deleted | CancelReason::CancelRequested => Some(StopCause::Canceled),
+            CancelReason::Paused => Some(StopCause::Paused),
+            CancelReason::Reset => Some(StopCause::Reset),
+            CancelReason::Superseded => Some(StopCause::Superseded),
+            CancelReason::Gone
+            | CancelReason::Signal(_)
+            | CancelReason::HeartbeatUndeliverable(_)
+            | CancelReason::Forbidden(_) => None,
+        }
+    }
+
+    /// The cause written as the canceled outcome's `cause`: only what the operator asked for
+    /// (`Canceled`, `Paused`, `Reset`).
+    pub fn outcome_cause(&self) -> Option<StopCause> {
+        self.stop_cause().filter(|c| *c != StopCause::Superseded)
     }
 }
 
@@ -70,6 +105,8 @@ impl std::fmt::Display for CancelReason {
             CancelReason::Deleted => f.write_str("the Activity is being deleted"),
             CancelReason::CancelRequested => f.write_str("spec.cancelRequested is true"),
             CancelReason::Superseded => f.write_str("the attempt is superseded (status.attempt changed)"),
+            CancelReason::Paused => f.write_str("the Activity is paused (spec.paused is true)"),
+            CancelReason::Reset => f.write_str("a reset was requested (a new spec.reset.requestedAt)"),
             CancelReason::Gone => f.write_str("the Activity no longer exists"),
             CancelReason::Signal(s) => write!(f, "received {s}"),
             CancelReason::HeartbeatUndeliverable(m) => write!(f, "heartbeats undeliverable: {m}"),
@@ -96,19 +133,94 @@ impl Report {
             Report::Completed(result) => Outcome {
                 attempt,
                 succeeded: true,
-                result: result.clone().filter(|v| !v.is_null()),
+                // A `Value` always serializes; `None` is the "no result" it then stands for.
+                result: result.as_ref().filter(|v| !v.is_null()).and_then(|v| RawJson::from_value(v).ok()),
                 failure: None,
                 canceled: false,
+                cause: None,
             },
-            Report::Failed(f) => {
-                Outcome { attempt, succeeded: false, result: None, failure: Some(f.clone()), canceled: false }
+            Report::Failed(f) => Outcome {
+                attempt,
+                succeeded: false,
+                result: None,
+                failure: Some(f.clone()),
+                canceled: false,
+                cause: None,
+            },
+            Report::Canceled => {
+                Outcome { attempt, succeeded: false, result: None, failure: None, canceled: true, cause: None }
             }
-            Report::Canceled => Outcome { attempt, succeeded: false, result: None, failure: None, canceled: true },
         }
     }
 }
 
-/// The cancellation an Activity as read from the API server asks for, if any.
+/// A failure as the activity reports it, shaped like Temporal's `ApplicationError`: a type
+/// (matched exactly against `retryPolicy.nonRetryableErrorTypes`), a message, whether the
+/// operator must not retry, and a next retry delay that replaces the retry policy's backoff for
+/// the next attempt (not capped by `maximumInterval`, still bounded by schedule-to-close).
+///
+/// ```
+/// use activity_worker::ApplicationError;
+/// let e = ApplicationError::new("RateLimited", "the API said 429").next_retry_delay(std::time::Duration::from_secs(90));
+/// let wire: activity_crds::WorkerFailure = e.into();
+/// assert_eq!(wire.next_retry_delay.as_deref(), Some("1m30s"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplicationError {
+    pub type_: String,
+    pub message: String,
+    pub non_retryable: bool,
+    pub next_retry_delay: Option<Duration>,
+}
+
+impl ApplicationError {
+    /// A retryable failure of type `type_`.
+    pub fn new(type_: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { type_: type_.into(), message: message.into(), non_retryable: false, next_retry_delay: None }
+    }
+
+    /// The operator must not retry.
+    pub fn non_retryable(mut self) -> Self {
+        self.non_retryable = true;
+        self
+    }
+
+    /// The next attempt starts after `delay` instead of the retry policy's backoff.
+    pub fn next_retry_delay(mut self, delay: Duration) -> Self {
+        self.next_retry_delay = Some(delay);
+        self
+    }
+}
+
+impl std::fmt::Display for ApplicationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.type_, self.message)
+    }
+}
+
+impl std::error::Error for ApplicationError {}
+
+impl From<ApplicationError> for WorkerFailure {
+    fn from(e: ApplicationError) -> Self {
+        WorkerFailure {
+            type_: e.type_,
+            message: e.message,
+            non_retryable: e.non_retryable,
+            // Go's format (`1m30s`), which the operator and the CRD schema read.
+            next_retry_delay: e.next_retry_delay.map(format_duration),
+        }
+    }
+}
+
+impl From<ApplicationError> for Report {
+    fn from(e: ApplicationError) -> Self {
+        Report::Failed(e.into())
+    }
+}
+
+/// The cancellation an Activity as read from the API server asks for, if any. Precedence as the
+/// contract orders it: cancel (deletion, then `spec.cancelRequested`), then a changed
+/// `status.attempt` (superseded), then a new `spec.reset.requestedAt`, then `spec.paused`.
 pub fn cancel_in(activity: &Activity, attempt: i32) -> Option<CancelReason> {
     if activity.metadata.deletion_timestamp.is_some() {
         return Some(CancelReason::Deleted);
@@ -116,10 +228,68 @@ pub fn cancel_in(activity: &Activity, attempt: i32) -> Option<CancelReason> {
     if activity.spec.cancel_requested {
         return Some(CancelReason::CancelRequested);
     }
-    match activity.status.as_ref().and_then(|s| s.attempt) {
-        Some(current) if current != attempt => Some(CancelReason::Superseded),
-        _ => None,
+    let status = activity.status.as_ref();
+    if let Some(current) = status.and_then(|s| s.attempt)
+        && current != attempt
+    {
+        return Some(CancelReason::Superseded);
     }
+    let requested = activity.spec.reset.as_ref().and_then(|r| r.requested_at.as_deref()).filter(|r| !r.is_empty());
+    let done = status.and_then(|s| s.last_reset.as_ref()).map(|l| l.requested_at.as_str());
+    if let Some(requested) = requested
+        && Some(requested) != done
+    {
+        return Some(CancelReason::Reset);
+    }
+    if activity.spec.paused {
+        return Some(CancelReason::Paused);
+    }
+    None
+}
+
+/// When this attempt and the whole activity time out, as the operator computes them (DESIGN.md):
+/// the attempt at `status.startedTime` (else `now`, for a worker that starts before the operator
+/// saw its container run) + `startToCloseTimeout` (default `scheduleToCloseTimeout`); the activity
+/// at (`status.lastReset.time`, else `metadata.creationTimestamp` + `startDelay`) +
+/// `scheduleToCloseTimeout`. `None` when unlimited (or beyond what a timestamp holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deadlines {
+    pub attempt: Option<Timestamp>,
+    pub schedule_to_close: Option<Timestamp>,
+}
+
+impl Deadlines {
+    /// The deadlines of attempt `attempt` of `activity`, read at `now`.
+    pub fn of(activity: &Activity, attempt: i32, now: Timestamp) -> Result<Self> {
+        let spec = &activity.spec;
+        let s2c = parse_opt("spec.scheduleToCloseTimeout", spec.schedule_to_close_timeout.as_deref())?
+            .filter(|d| !d.is_zero());
+        let s2cl = parse_opt("spec.startToCloseTimeout", spec.start_to_close_timeout.as_deref())?
+            .filter(|d| !d.is_zero())
+            .or(s2c);
+        let delay = parse_opt("spec.startDelay", spec.start_delay.as_deref())?.unwrap_or_default();
+        let status = activity.status.as_ref();
+        // startedTime belongs to status.attempt: the operator clears it for each new attempt.
+        let started = status
+            .filter(|s| s.attempt == Some(attempt))
+            .and_then(|s| s.started_time.as_ref())
+            .map(|t| t.0)
+            .unwrap_or(now);
+        let clock_start = match status.and_then(|s| s.last_reset.as_ref()) {
+            Some(reset) => Some(reset.time.0),
+            None => activity.metadata.creation_timestamp.as_ref().and_then(|c| add(c.0, delay)),
+        };
+        Ok(Self {
+            attempt: s2cl.and_then(|d| add(started, d)),
+            schedule_to_close: s2c.and_then(|d| clock_start.and_then(|c| add(c, d))),
+        })
+    }
+}
+
+/// `t + d`, `None` past what a timestamp holds.
+fn add(t: Timestamp, d: Duration) -> Option<Timestamp> {
+    let d = k8s_openapi::jiff::SignedDuration::try_from(d).ok()?;
+    t.checked_add(d).ok()
 }
 
 /// What is left of the cancellation grace period at `now`, when the cancel was requested at
@@ -145,6 +315,8 @@ struct Inner {
     previous_details: Option<Value>,
     heartbeat_timeout: Option<Duration>,
     grace_period: Duration,
+    maximum_attempts: i32,
+    deadlines: Deadlines,
     throttle: Mutex<Throttle>,
     /// Wakes the heartbeat task when details are recorded.
     wake: Notify,
@@ -203,8 +375,22 @@ impl ActivityContext {
         let heartbeat_timeout = parse_opt("spec.heartbeatTimeout", spec.heartbeat_timeout.as_deref())?;
         let grace_period = parse_opt("spec.cancellationGracePeriod", spec.cancellation_grace_period.as_deref())?
             .unwrap_or(DEFAULT_GRACE_PERIOD);
-        let previous_details =
-            activity.status.as_ref().and_then(|s| s.heartbeat_details.clone()).filter(|v| !v.is_null());
+        let previous_details = activity
+            .status
+            .as_ref()
+            .and_then(|s| s.heartbeat_details.as_ref())
+            .map(RawJson::to_value)
+            .transpose()
+            .map_err(|source| Error::Deserialize { what: "status.heartbeatDetails", source })?
+            .filter(|v| !v.is_null());
+        let input = spec
+            .input
+            .as_ref()
+            .map(RawJson::to_value)
+            .transpose()
+            .map_err(|source| Error::Deserialize { what: "spec.input", source })?;
+        let maximum_attempts = spec.retry_policy.as_ref().and_then(|p| p.maximum_attempts).unwrap_or(0);
+        let deadlines = Deadlines::of(&activity, attempt, Timestamp::now())?;
         let throttle = Throttle::for_heartbeat_timeout(heartbeat_timeout);
         info!(
             activity = %format!("{namespace}/{name}"),
@@ -220,10 +406,12 @@ impl ActivityContext {
                 name: name.to_string(),
                 namespace: namespace.to_string(),
                 attempt,
-                input: spec.input.clone(),
+                input,
                 previous_details,
                 heartbeat_timeout: heartbeat_timeout.filter(|t| !t.is_zero()),
                 grace_period,
+                maximum_attempts,
+                deadlines,
                 throttle: Mutex::new(throttle),
                 wake: Notify::new(),
                 send_lock: tokio::sync::Mutex::new(()),
@@ -265,6 +453,24 @@ impl ActivityContext {
     /// `spec.cancellationGracePeriod` (default 30 s).
     pub fn cancellation_grace_period(&self) -> Duration {
         self.inner.grace_period
+    }
+
+    /// `spec.retryPolicy.maximumAttempts` (0: unlimited).
+    pub fn maximum_attempts(&self) -> i32 {
+        self.inner.maximum_attempts
+    }
+
+    /// When this attempt times out (start-to-close), `None` when unlimited: `status.startedTime`
+    /// (or when the worker started) + `startToCloseTimeout` (default `scheduleToCloseTimeout`).
+    pub fn attempt_deadline(&self) -> Option<Timestamp> {
+        self.inner.deadlines.attempt
+    }
+
+    /// When the whole activity times out (schedule-to-close), `None` when unlimited:
+    /// (`status.lastReset.time`, else `metadata.creationTimestamp` + `startDelay`) +
+    /// `scheduleToCloseTimeout`.
+    pub fn schedule_to_close_deadline(&self) -> Option<Timestamp> {
+        self.inner.deadlines.schedule_to_close
     }
 
     /// `spec.input` as JSON (`None` when unset).
@@ -327,6 +533,13 @@ impl ActivityContext {
         lock(&self.inner.reason).clone()
     }
 
+    /// The contract's stop cause, once the worker was told to stop by its heartbeat reply or a
+    /// refused write: `Canceled`, `Paused`, `Reset` or `Superseded` (`None` before, and for the
+    /// worker's own reasons: see [`CancelReason::stop_cause`]).
+    pub fn cause(&self) -> Option<StopCause> {
+        self.cancel_reason().and_then(|r| r.stop_cause())
+    }
+
     /// What is left of the cancellation grace period: counted from the operator's
     /// `status.cancelRequestedTime` when a heartbeat reply carried it, else from when this worker
     /// noticed the cancel. The full grace period before any cancel.
@@ -364,8 +577,14 @@ impl ActivityContext {
 
     /// Reports a failure of type `type_`; `non_retryable` asks the operator not to retry.
     pub async fn fail(&self, type_: impl Into<String>, message: impl Into<String>, non_retryable: bool) -> Result<()> {
-        let failure = WorkerFailure { type_: type_.into(), message: message.into(), non_retryable };
+        let failure =
+            WorkerFailure { type_: type_.into(), message: message.into(), non_retryable, next_retry_delay: None };
         self.report(Report::Failed(failure)).await
+    }
+
+    /// Reports a failure built as an [`ApplicationError`] (e.g. with a next retry delay).
+    pub async fn fail_with(&self, failure: ApplicationError) -> Result<()> {
+        self.report(Report::Failed(failure.into())).await
     }
 
     /// Reports that the worker stopped because it was canceled.
@@ -386,7 +605,10 @@ impl ActivityContext {
         let _send = self.inner.send_lock.lock().await;
         self.refuse_when_cannot_write()?;
         let flushed = lock(&self.inner.throttle).take_pending();
-        let outcome = report.to_outcome(self.inner.attempt);
+        let mut outcome = report.to_outcome(self.inner.attempt);
+        if outcome.canceled {
+            outcome.cause = self.cancel_reason().and_then(|r| r.outcome_cause());
+        }
         let attempt = self.inner.attempt;
         self.send_with_retries("report the outcome of", || {
             wire::outcome_patch(attempt, Timestamp::now(), flushed.as_ref(), &outcome)
@@ -397,7 +619,10 @@ impl ActivityContext {
             Report::Failed(f) => {
                 info!(attempt, r#type = %f.type_, non_retryable = f.non_retryable, "reported outcome: failed: {}", f.message)
             }
-            Report::Canceled => info!(attempt, "reported outcome: canceled"),
+            Report::Canceled => match outcome.cause {
+                Some(cause) => info!(attempt, ?cause, "reported outcome: canceled"),
+                None => info!(attempt, "reported outcome: canceled"),
+            },
         }
         Ok(())
     }
@@ -687,7 +912,7 @@ async fn heartbeat_loop(ctx: ActivityContext) {
 mod tests {
     use super::*;
     use activity_crds::{ActivitySpec, ActivityStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
     use serde_json::json;
 
     fn activity(attempt: Option<i32>) -> Activity {
@@ -713,6 +938,106 @@ mod tests {
         assert_eq!(cancel_in(&a, 2), Some(CancelReason::Deleted));
     }
 
+    fn with_reset(mut a: Activity, requested: &str, done: Option<&str>) -> Activity {
+        a.spec.reset =
+            Some(activity_crds::ResetRequest { requested_at: Some(requested.into()), clear_heartbeat_details: false });
+        if let Some(done) = done {
+            let status = a.status.get_or_insert_with(Default::default);
+            status.last_reset = Some(activity_crds::LastReset {
+                requested_at: done.into(),
+                time: MicroTime("2026-01-01T00:00:01Z".parse().unwrap()),
+                attempt: 1,
+            });
+        }
+        a
+    }
+
+    #[test]
+    fn reply_tells_about_pause_and_reset_in_the_contracts_order() {
+        let mut a = activity(Some(2));
+        a.spec.paused = true;
+        assert_eq!(cancel_in(&a, 2), Some(CancelReason::Paused));
+        // A reset already done (same requestedAt as status.lastReset) is no stop; an empty one neither.
+        let done = with_reset(a.clone(), "2026-01-01T00:00:00Z", Some("2026-01-01T00:00:00Z"));
+        assert_eq!(cancel_in(&done, 2), Some(CancelReason::Paused));
+        assert_eq!(cancel_in(&with_reset(a.clone(), "", None), 2), Some(CancelReason::Paused));
+        // A new one beats pause.
+        let new = with_reset(a.clone(), "2026-01-02T00:00:00Z", Some("2026-01-01T00:00:00Z"));
+        assert_eq!(cancel_in(&new, 2), Some(CancelReason::Reset));
+        assert_eq!(cancel_in(&with_reset(activity(Some(2)), "x", None), 2), Some(CancelReason::Reset));
+        // A changed attempt beats both; cancel beats everything.
+        assert_eq!(cancel_in(&new, 1), Some(CancelReason::Superseded));
+        let mut canceled = new.clone();
+        canceled.spec.cancel_requested = true;
+        assert_eq!(cancel_in(&canceled, 1), Some(CancelReason::CancelRequested));
+        // Causes as the contract names them; only the operator's requests go into the outcome.
+        assert_eq!(CancelReason::Deleted.stop_cause(), Some(StopCause::Canceled));
+        assert_eq!(CancelReason::Paused.outcome_cause(), Some(StopCause::Paused));
+        assert_eq!(CancelReason::Reset.outcome_cause(), Some(StopCause::Reset));
+        assert_eq!(CancelReason::Superseded.stop_cause(), Some(StopCause::Superseded));
+        assert_eq!(CancelReason::Superseded.outcome_cause(), None);
+        assert_eq!(CancelReason::Signal("SIGTERM").outcome_cause(), None);
+        assert!(CancelReason::Paused.can_report() && CancelReason::Reset.can_report());
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn deadlines_follow_the_operators_clocks() {
+        let now = ts("2026-01-01T10:00:00Z");
+        let mut a = activity(Some(2));
+        a.metadata.creation_timestamp = Some(Time(ts("2026-01-01T09:00:00Z")));
+        // startToClose 1m from now (no startedTime yet); no scheduleToClose.
+        assert_eq!(
+            Deadlines::of(&a, 2, now).unwrap(),
+            Deadlines { attempt: Some(ts("2026-01-01T10:01:00Z")), schedule_to_close: None }
+        );
+        a.status.as_mut().unwrap().started_time = Some(MicroTime(ts("2026-01-01T09:59:30Z")));
+        a.spec.schedule_to_close_timeout = Some("2h".into());
+        a.spec.start_delay = Some("30m".into());
+        assert_eq!(
+            Deadlines::of(&a, 2, now).unwrap(),
+            Deadlines {
+                attempt: Some(ts("2026-01-01T10:00:30Z")),
+                schedule_to_close: Some(ts("2026-01-01T11:30:00Z"))
+            }
+        );
+        // Another attempt's startedTime is not ours.
+        assert_eq!(Deadlines::of(&a, 3, now).unwrap().attempt, Some(ts("2026-01-01T10:01:00Z")));
+        // startToClose defaults to scheduleToClose; a reset restarts the schedule-to-close clock.
+        a.spec.start_to_close_timeout = None;
+        let a = with_reset(a, "r", Some("r"));
+        assert_eq!(
+            Deadlines::of(&a, 2, now).unwrap(),
+            Deadlines {
+                attempt: Some(ts("2026-01-01T11:59:30Z")),
+                schedule_to_close: Some(ts("2026-01-01T02:00:01Z"))
+            }
+        );
+        let mut bad = a.clone();
+        bad.spec.start_delay = Some("soon".into());
+        assert!(Deadlines::of(&bad, 2, now).unwrap_err().to_string().contains("spec.startDelay"));
+        // Beyond what a timestamp holds: unlimited, not a panic.
+        let mut huge = a;
+        huge.status.as_mut().unwrap().last_reset.as_mut().unwrap().time = MicroTime(ts("9990-01-01T00:00:00Z"));
+        huge.spec.schedule_to_close_timeout = Some("2562047h".into());
+        assert_eq!(Deadlines::of(&huge, 2, now).unwrap().schedule_to_close, None);
+    }
+
+    #[test]
+    fn application_errors_carry_the_next_retry_delay() {
+        let e = ApplicationError::new("RateLimited", "slow").next_retry_delay(Duration::from_millis(1500));
+        let f: WorkerFailure = e.clone().into();
+        assert_eq!(f.next_retry_delay.as_deref(), Some("1.5s"));
+        assert!(!f.non_retryable);
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        let f: WorkerFailure = ApplicationError::new("X", "m").non_retryable().into();
+        assert!(f.non_retryable && f.next_retry_delay.is_none());
+        assert_eq!(Report::from(e).to_outcome(1).failure.unwrap().next_retry_delay.as_deref(), Some("1.5s"));
+    }
+
     #[test]
     fn grace_counts_from_the_operators_cancel_time() {
         let t0: Timestamp = "2026-11-21T20:40:00Z".parse().unwrap();
@@ -729,10 +1054,10 @@ mod tests {
     fn reports_become_outcomes() {
         assert_eq!(
             Report::Completed(Some(json!(null))).to_outcome(1),
-            Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false }
+            Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false, cause: None }
         );
         assert!(Report::Canceled.to_outcome(4).canceled);
-        let f = WorkerFailure { type_: "X".into(), message: "m".into(), non_retryable: true };
+        let f = WorkerFailure { type_: "X".into(), message: "m".into(), non_retryable: true, next_retry_delay: None };
         assert_eq!(Report::Failed(f.clone()).to_outcome(2).failure, Some(f));
     }
 

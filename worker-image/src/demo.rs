@@ -118,6 +118,7 @@ pub async fn batch(ctx: &ActivityContext, cfg: &BatchConfig) -> Result<Report> {
                     type_: BATCH_INTERRUPTED.into(),
                     message,
                     non_retryable: false,
+                    next_retry_delay: None,
                 }));
             }
         }

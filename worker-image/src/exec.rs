@@ -2,22 +2,34 @@
 //! protocol for it.
 //!
 //! The child gets `ACTIVITY_NAME`, `ACTIVITY_NAMESPACE`, `ACTIVITY_ATTEMPT`, `ACTIVITY_INPUT`
-//! (JSON) and, when a previous attempt heartbeated, `ACTIVITY_HEARTBEAT_DETAILS` (JSON). Its
-//! stdout lines `::heartbeat <json>`, `::result <json>` and `::fail <json>` are commands; every
-//! other line of its stdout goes to ours, its stderr is ours. Exit 0 is success; another exit is a
-//! failure of type `ExitCode`, unless a `::fail` line said otherwise. On cancellation the child's
-//! process group gets SIGTERM, then SIGKILL when the grace period is nearly over.
+//! (JSON), `ACTIVITY_MAXIMUM_ATTEMPTS`, and when they apply `ACTIVITY_HEARTBEAT_DETAILS` (JSON of
+//! the previous attempts' last details), `ACTIVITY_HEARTBEAT_TIMEOUT` (a duration),
+//! `ACTIVITY_ATTEMPT_DEADLINE` and `ACTIVITY_SCHEDULE_TO_CLOSE_DEADLINE` (RFC 3339), and
+//! `PYTHONUNBUFFERED=1`. Its stdout lines `::heartbeat <json>`, `::result <json>` and
+//! `::fail <json>` are commands; every other line of its stdout goes to ours, its stderr is ours.
+//! Exit 0 is success; another exit is a failure of type `ExitCode`, unless a `::fail` line said
+//! otherwise. On cancellation the child's process group gets SIGTERM, then SIGKILL when the grace
+//! period is nearly over.
+//!
+//! A malformed `::` line (bad JSON, an unknown `::word`) is logged and counted. When the
+//! heartbeat timeout is about to lapse ([`MALFORMED_DEADLINE_FRACTION`] of it since the last valid
+//! `::heartbeat`, or since the start) and malformed lines were seen meanwhile, exec fails the
+//! attempt itself (retryable, type [`MALFORMED_COMMAND`], naming the first such line) and stops the
+//! child as on a cancel: the user reads why instead of a bare heartbeat timeout.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use activity_crds::{ENV_ATTEMPT, ENV_NAME, ENV_NAMESPACE, WorkerFailure};
+use activity_crds::{ENV_ATTEMPT, ENV_NAME, ENV_NAMESPACE, WorkerFailure, format_duration, parse_duration};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::context::{ActivityContext, Report};
@@ -27,8 +39,30 @@ use crate::error::{Error, Result};
 pub const ENV_INPUT: &str = "ACTIVITY_INPUT";
 /// Environment variable with the previous attempts' last heartbeat details (JSON; unset when none).
 pub const ENV_HEARTBEAT_DETAILS: &str = "ACTIVITY_HEARTBEAT_DETAILS";
+/// Always set for the child: Python then writes each `print` at once, even to a pipe, so its `::`
+/// lines arrive when printed instead of when its 8 KiB buffer fills or it exits.
+pub const ENV_PYTHONUNBUFFERED: &str = "PYTHONUNBUFFERED";
+/// `spec.retryPolicy.maximumAttempts` (`0`: unlimited).
+pub const ENV_MAXIMUM_ATTEMPTS: &str = "ACTIVITY_MAXIMUM_ATTEMPTS";
+/// `spec.heartbeatTimeout` as a Go-style duration (`30s`); unset when disabled.
+pub const ENV_HEARTBEAT_TIMEOUT: &str = "ACTIVITY_HEARTBEAT_TIMEOUT";
+/// When this attempt times out (start-to-close), RFC 3339 UTC; unset when unlimited.
+pub const ENV_ATTEMPT_DEADLINE: &str = "ACTIVITY_ATTEMPT_DEADLINE";
+/// When the whole activity times out (schedule-to-close), RFC 3339 UTC; unset when unlimited.
+pub const ENV_SCHEDULE_TO_CLOSE_DEADLINE: &str = "ACTIVITY_SCHEDULE_TO_CLOSE_DEADLINE";
 /// How long to keep reading the child's stdout after it exited (a grandchild may hold it open).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The failure type exec reports when malformed `::` lines are about to cost a heartbeat timeout.
+pub const MALFORMED_COMMAND: &str = "MalformedCommand";
+/// The part of the heartbeat timeout after which exec reports malformed lines as the failure
+/// (9/10: before the operator's heartbeat timeout lapses, late enough not to race a valid
+/// heartbeat that is merely slow).
+pub const MALFORMED_DEADLINE_FRACTION: (u32, u32) = (9, 10);
+/// At most this many characters of a malformed line are logged or quoted.
+pub const QUOTED_LINE_CHARS: usize = 200;
+
+/// The commands of the protocol.
+pub const COMMANDS: [&str; 3] = ["heartbeat", "result", "fail"];
 
 /// One line of the child's stdout.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,25 +71,43 @@ pub enum Line<'a> {
     Heartbeat(Value),
     /// `::result <json>`
     Result(Value),
-    /// `::fail <json {type, message, nonRetryable}>`
-    Fail(WorkerFailure),
-    /// A command whose argument is not valid: reported in the log, otherwise ignored.
-    Malformed { command: &'static str, error: String },
+    /// `::fail <json {type, message, nonRetryable, nextRetryDelay}>`, and why a part of it was
+    /// dropped (an invalid `nextRetryDelay`: the failure stands, the retry policy's backoff applies).
+    Fail(WorkerFailure, Option<String>),
+    /// A command whose argument is not valid, or an unknown `::word`: logged and counted (see
+    /// the module's doc), otherwise ignored.
+    Malformed { command: &'a str, error: String },
     /// Anything else: passed through to the pod log.
     Output(&'a str),
 }
 
 /// Parses one line of the child's stdout (without its line ending).
+///
+/// A line is a command when it starts with `::` and a word (an ASCII letter, then letters,
+/// digits, `_`, `-`). A known command needs whitespace (or nothing) after its name; an unknown
+/// word followed by whitespace or nothing (`::heartbeats {}`, `::warning x`) is malformed. Any
+/// other line, such as `::1 - GET /` or `::ffff:10.0.0.1 connected` (IPv6 addresses), is output.
 pub fn parse_line(line: &str) -> Line<'_> {
-    const COMMANDS: [&str; 3] = ["heartbeat", "result", "fail"];
     let Some(rest) = line.strip_prefix("::") else { return Line::Output(line) };
-    let Some(command) = COMMANDS
-        .into_iter()
-        .find(|c| rest.strip_prefix(c).is_some_and(|after| after.is_empty() || after.starts_with(char::is_whitespace)))
-    else {
+    let word_len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
+    let (command, after) = rest.split_at(word_len);
+    if !command.starts_with(|c: char| c.is_ascii_alphabetic()) {
         return Line::Output(line);
-    };
-    let arg = rest[command.len()..].trim();
+    }
+    let spaced = after.is_empty() || after.starts_with(char::is_whitespace);
+    if !COMMANDS.contains(&command) {
+        if !spaced {
+            return Line::Output(line);
+        }
+        return Line::Malformed { command, error: "unknown command (expected ::heartbeat, ::result or ::fail)".into() };
+    }
+    if !spaced {
+        return Line::Malformed {
+            command,
+            error: format!("expected a space between ::{command} and its JSON argument"),
+        };
+    }
+    let arg = after.trim();
     if arg.is_empty() {
         return Line::Malformed { command, error: "missing JSON argument".into() };
     }
@@ -67,19 +119,125 @@ pub fn parse_line(line: &str) -> Line<'_> {
         "heartbeat" => Line::Heartbeat(value),
         "result" => Line::Result(value),
         _ => match parse_failure(value) {
-            Ok(f) => Line::Fail(f),
+            Ok((f, dropped)) => Line::Fail(f, dropped),
             Err(error) => Line::Malformed { command, error },
         },
     }
 }
 
-fn parse_failure(value: Value) -> std::result::Result<WorkerFailure, String> {
-    let failure: WorkerFailure = serde_json::from_value(value)
-        .map_err(|e| format!("expected {{\"type\": string, \"message\": string, \"nonRetryable\": bool}}: {e}"))?;
+/// A `::fail` argument. An invalid `nextRetryDelay` is dropped (said in the second value) rather
+/// than the whole failure: its type and message are what the retry policy and the user need, and
+/// the API server would refuse an outcome with an invalid duration.
+fn parse_failure(value: Value) -> std::result::Result<(WorkerFailure, Option<String>), String> {
+    let mut failure: WorkerFailure = serde_json::from_value(value).map_err(|e| {
+        format!(
+            "expected {{\"type\": string, \"message\": string, \"nonRetryable\": bool, \"nextRetryDelay\": \
+             duration}}: {e}"
+        )
+    })?;
     if failure.type_.is_empty() {
         return Err("\"type\" must not be empty".into());
     }
-    Ok(failure)
+    let mut dropped = None;
+    if let Some(delay) = &failure.next_retry_delay
+        && let Err(e) = parse_duration(delay)
+    {
+        dropped = Some(format!("ignoring its nextRetryDelay {delay:?} (the retry policy's backoff applies): {e}"));
+        failure.next_retry_delay = None;
+    }
+    Ok((failure, dropped))
+}
+
+/// `line` cut to [`QUOTED_LINE_CHARS`] characters (with `…` when cut).
+pub fn quote_line(line: &str) -> String {
+    let mut chars = line.chars();
+    let mut shown: String = chars.by_ref().take(QUOTED_LINE_CHARS).collect();
+    if chars.next().is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
+/// The malformed `::` lines seen since the last valid `::heartbeat` (or the start).
+#[derive(Debug, Clone)]
+pub struct MalformedLines {
+    /// Since when: the start, or the last valid `::heartbeat`.
+    pub since: Instant,
+    pub count: u64,
+    /// The first of them (quoted) and what is wrong with it.
+    pub first: Option<(String, String)>,
+}
+
+impl MalformedLines {
+    pub fn new(now: Instant) -> Self {
+        Self { since: now, count: 0, first: None }
+    }
+
+    fn malformed(&mut self, line: &str, error: &str) {
+        self.count = self.count.saturating_add(1);
+        self.first.get_or_insert_with(|| (quote_line(line), error.to_string()));
+    }
+
+    fn heartbeat(&mut self, now: Instant) {
+        *self = Self::new(now);
+    }
+}
+
+/// The failure exec reports when `count` malformed lines, the first `first` (quoted) with
+/// `error`, and no valid `::heartbeat` for `silent` are about to cost the heartbeat timeout
+/// `timeout`.
+pub fn malformed_failure(count: u64, first: &str, error: &str, silent: Duration, timeout: Duration) -> WorkerFailure {
+    let lines = if count == 1 { "1 malformed command line" } else { "malformed command lines" };
+    let counted = if count == 1 { lines.to_string() } else { format!("{count} {lines}") };
+    WorkerFailure {
+        type_: MALFORMED_COMMAND.into(),
+        message: format!(
+            "the command printed {counted} and no valid ::heartbeat for {}: the heartbeat timeout ({}) would lapse. \
+             The first: {first:?} ({error}). A heartbeat is one line: ::heartbeat <JSON>",
+            format_duration(Duration::from_millis(u64::try_from(silent.as_millis()).unwrap_or(u64::MAX))),
+            format_duration(timeout),
+        ),
+        non_retryable: false,
+        next_retry_delay: None,
+    }
+}
+
+/// Completes with the [`MALFORMED_COMMAND`] failure once [`MALFORMED_DEADLINE_FRACTION`] of the
+/// heartbeat timeout has passed since the last valid `::heartbeat` (or the start) with malformed
+/// lines seen meanwhile. Never completes without a heartbeat timeout.
+async fn malformed_watchdog(
+    lines: &Mutex<MalformedLines>,
+    changed: &Notify,
+    timeout: Option<Duration>,
+) -> WorkerFailure {
+    let Some(timeout) = timeout.filter(|t| !t.is_zero()) else { return std::future::pending().await };
+    let (num, den) = MALFORMED_DEADLINE_FRACTION;
+    let after = timeout / den * num;
+    loop {
+        let (due, failure) = {
+            let l = lines.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            let failure = l
+                .first
+                .as_ref()
+                .map(|(line, error)| malformed_failure(l.count, line, error, now.duration_since(l.since), timeout));
+            (l.since.checked_add(after), failure)
+        };
+        let Some(due) = due else { return std::future::pending().await };
+        if Instant::now() >= due {
+            if let Some(failure) = failure {
+                return failure;
+            }
+            // Past due without malformed lines: the operator's heartbeat timeout decides, unless
+            // a malformed line comes first.
+            changed.notified().await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            _ = changed.notified() => {}
+        }
+    }
 }
 
 /// What the child said through its commands.
@@ -131,6 +289,7 @@ pub fn decide(exit: ChildExit, canceled: bool, said: &Said) -> Report {
                 type_: "ResultTooLarge".into(),
                 message: error.clone(),
                 non_retryable: true,
+                next_retry_delay: None,
             }),
             None => Report::Completed(said.result.clone()),
         },
@@ -144,6 +303,7 @@ pub fn decide(exit: ChildExit, canceled: bool, said: &Said) -> Report {
                 ChildExit::Code(c) => format!("command exited with code {c}"),
             },
             non_retryable: false,
+            next_retry_delay: None,
         })),
     }
 }
@@ -155,34 +315,67 @@ pub fn kill_after(remaining: Duration, grace: Duration) -> Duration {
     remaining.saturating_sub(margin)
 }
 
-/// What `exec` ends with: the report (already delivered or not) and the process exit code.
+/// What `exec` ends with: the report, whether exec already delivered it (the
+/// [`MALFORMED_COMMAND`] failure is reported before the child is stopped), and the process exit
+/// code.
 #[derive(Debug)]
 pub struct ExecEnd {
     pub report: Report,
     pub exit_code: i32,
+    /// The report was already written (or its writing failed and `exit_code` says how).
+    pub reported: bool,
 }
 
-/// Runs `command` under `ctx`: returns how the attempt ended (not yet reported).
+/// The child's environment besides the pod's: `(name, Some(value))` to set, `(name, None)` to
+/// unset.
+pub fn child_env(ctx: &ActivityContext) -> Vec<(&'static str, Option<String>)> {
+    let time = |t: Option<k8s_openapi::jiff::Timestamp>| t.map(crate::wire::format_time);
+    vec![
+        (ENV_NAME, Some(ctx.name().to_string())),
+        (ENV_NAMESPACE, Some(ctx.namespace().to_string())),
+        (ENV_ATTEMPT, Some(ctx.attempt().to_string())),
+        (ENV_INPUT, Some(ctx.raw_input().unwrap_or(&Value::Null).to_string())),
+        (ENV_HEARTBEAT_DETAILS, ctx.raw_heartbeat_details().map(Value::to_string)),
+        (ENV_MAXIMUM_ATTEMPTS, Some(ctx.maximum_attempts().to_string())),
+        (ENV_HEARTBEAT_TIMEOUT, ctx.heartbeat_timeout().map(format_duration)),
+        (ENV_ATTEMPT_DEADLINE, time(ctx.attempt_deadline())),
+        (ENV_SCHEDULE_TO_CLOSE_DEADLINE, time(ctx.schedule_to_close_deadline())),
+        (ENV_PYTHONUNBUFFERED, Some("1".into())),
+    ]
+}
+
+/// Why the wait for the child ended.
+enum Stop {
+    Exited(ChildExit),
+    Canceled,
+    Malformed(WorkerFailure),
+}
+
+/// Runs `command` under `ctx`: returns how the attempt ended (not yet reported, unless
+/// [`ExecEnd::reported`]).
 pub async fn run(ctx: &ActivityContext, command: &[String]) -> Result<ExecEnd> {
     let (program, args) = command.split_first().ok_or_else(|| Error::Io {
         context: "exec".into(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given"),
     })?;
     if ctx.is_cancelled() {
-        info!("not starting {program:?}: already canceled");
-        return Ok(ExecEnd { report: Report::Canceled, exit_code: crate::EXIT_CANCELED });
+        let reason = ctx.cancel_reason().map(|r| r.to_string()).unwrap_or_default();
+        info!(cause = ?ctx.cause(), "not starting {program:?}: already canceled ({reason})");
+        return Ok(ExecEnd { report: Report::Canceled, exit_code: crate::EXIT_CANCELED, reported: false });
     }
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env(ENV_NAME, ctx.name())
-        .env(ENV_NAMESPACE, ctx.namespace())
-        .env(ENV_ATTEMPT, ctx.attempt().to_string())
-        .env(ENV_INPUT, ctx.raw_input().unwrap_or(&Value::Null).to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .process_group(0)
         .kill_on_drop(true);
+    for (name, value) in child_env(ctx) {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
     // If the worker itself is SIGKILLed, its command must not live on outside the pod's process
     // group (a container runtime would kill it with the container; a host process node would
     // not). Tied to the spawning thread: `exec` runs on the runtime's main thread.
@@ -190,10 +383,6 @@ pub async fn run(ctx: &ActivityContext, command: &[String]) -> Result<ExecEnd> {
     unsafe {
         cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
     }
-    match ctx.raw_heartbeat_details() {
-        Some(d) => cmd.env(ENV_HEARTBEAT_DETAILS, d.to_string()),
-        None => cmd.env_remove(ENV_HEARTBEAT_DETAILS),
-    };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -202,16 +391,39 @@ pub async fn run(ctx: &ActivityContext, command: &[String]) -> Result<ExecEnd> {
                 type_: "ExecError".into(),
                 message: format!("cannot start {program:?}: {e}"),
                 non_retryable: true,
+                next_retry_delay: None,
             };
-            return Ok(ExecEnd { report: Report::Failed(failure), exit_code: 127 });
+            return Ok(ExecEnd { report: Report::Failed(failure), exit_code: 127, reported: false });
         }
     };
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
     info!(pid = pgid.unwrap_or_default(), "started {program:?}");
     let stdout = child.stdout.take();
-    let reader = tokio::spawn(read_commands(ctx.clone(), stdout));
+    let lines = Arc::new(Mutex::new(MalformedLines::new(Instant::now())));
+    let changed = Arc::new(Notify::new());
+    let reader = tokio::spawn(read_commands(ctx.clone(), stdout, lines.clone(), changed.clone()));
 
-    let (exit, canceled) = wait_or_cancel(ctx, &mut child, pgid).await?;
+    let io = |source| Error::Io { context: "waiting for the command".into(), source };
+    let stop = tokio::select! {
+        status = child.wait() => Stop::Exited(status.map_err(io)?.into()),
+        _ = ctx.cancelled() => Stop::Canceled,
+        failure = malformed_watchdog(&lines, &changed, ctx.heartbeat_timeout()) => Stop::Malformed(failure),
+    };
+    let (exit, canceled, reported) = match stop {
+        Stop::Exited(exit) => (exit, false, None),
+        Stop::Canceled => {
+            let reason = ctx.cancel_reason().map(|r| r.to_string()).unwrap_or_default();
+            info!(cause = ?ctx.cause(), "canceled ({reason}): stopping {program:?}");
+            (terminate(ctx, &mut child, pgid).await?, true, None)
+        }
+        Stop::Malformed(failure) => {
+            error!("{}", failure.message);
+            // Reported before the child is stopped: the operator's heartbeat timeout is near.
+            let code = crate::finish(ctx, Report::Failed(failure.clone()), crate::EXIT_FAILURE).await;
+            info!("stopping {program:?} after its malformed command lines");
+            (terminate(ctx, &mut child, pgid).await?, false, Some((failure, code)))
+        }
+    };
     // The commands the child printed before it exited still count: read its stdout to the end.
     let said = match tokio::time::timeout(DRAIN_TIMEOUT, reader).await {
         Ok(Ok(said)) => said,
@@ -229,6 +441,9 @@ pub async fn run(ctx: &ActivityContext, command: &[String]) -> Result<ExecEnd> {
         signal_group(pgid, Signal::SIGKILL);
     }
     info!(exit_code = exit.code(), canceled, "{program:?} ended");
+    if let Some((failure, exit_code)) = reported {
+        return Ok(ExecEnd { report: Report::Failed(failure), exit_code, reported: true });
+    }
     if let (ChildExit::Code(0), Some(f)) = (exit, &said.failure) {
         warn!(r#type = %f.type_, "the command printed ::fail but exited 0: exit 0 means success, the ::fail is ignored");
     }
@@ -241,20 +456,16 @@ pub async fn run(ctx: &ActivityContext, command: &[String]) -> Result<ExecEnd> {
         },
         Report::Canceled => crate::EXIT_CANCELED,
     };
-    Ok(ExecEnd { report, exit_code })
+    Ok(ExecEnd { report, exit_code, reported: false })
 }
 
-/// Waits for the child; on cancellation sends SIGTERM to its group, then SIGKILL when the grace
-/// period (less a margin) has passed.
-async fn wait_or_cancel(ctx: &ActivityContext, child: &mut Child, pgid: Option<i32>) -> Result<(ChildExit, bool)> {
+/// Stops the child: SIGTERM to its group, then SIGKILL when the grace period (less a margin) has
+/// passed.
+async fn terminate(ctx: &ActivityContext, child: &mut Child, pgid: Option<i32>) -> Result<ChildExit> {
     let io = |source| Error::Io { context: "waiting for the command".into(), source };
-    tokio::select! {
-        status = child.wait() => return Ok((status.map_err(io)?.into(), false)),
-        _ = ctx.cancelled() => {}
-    }
     let grace = ctx.cancellation_grace_period();
     let kill_in = kill_after(ctx.grace_remaining(), grace);
-    info!("canceled: sending SIGTERM to the command's process group; SIGKILL in {kill_in:?} if it has not stopped");
+    info!("sending SIGTERM to the command's process group; SIGKILL in {kill_in:?} if it has not stopped");
     if let Some(pgid) = pgid {
         signal_group(pgid, Signal::SIGTERM);
     }
@@ -268,16 +479,23 @@ async fn wait_or_cancel(ctx: &ActivityContext, child: &mut Child, pgid: Option<i
             child.wait().await.map_err(io)?
         }
     };
-    Ok((status.into(), true))
+    Ok(status.into())
 }
 
-/// Reads the child's stdout line by line: commands go to the context, the rest to our stdout.
-async fn read_commands(ctx: ActivityContext, stdout: Option<tokio::process::ChildStdout>) -> Said {
+/// Reads the child's stdout line by line: commands go to the context, the rest to our stdout;
+/// malformed command lines are logged and counted in `lines` (`changed` is told).
+async fn read_commands(
+    ctx: ActivityContext,
+    stdout: Option<tokio::process::ChildStdout>,
+    lines: Arc<Mutex<MalformedLines>>,
+    changed: Arc<Notify>,
+) -> Said {
     let mut said = Said::default();
     let Some(stdout) = stdout else { return said };
     let mut reader = BufReader::new(stdout);
     let mut out = tokio::io::stdout();
     let mut buf = Vec::new();
+    let mut malformed_total = 0u64;
     loop {
         buf.clear();
         match reader.read_until(b'\n', &mut buf).await {
@@ -290,6 +508,15 @@ async fn read_commands(ctx: ActivityContext, stdout: Option<tokio::process::Chil
         }
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
+        let mut malformed = |command: &str, error: &str| {
+            malformed_total = malformed_total.saturating_add(1);
+            warn!(
+                "ignoring malformed ::{command} line (#{malformed_total} of this attempt; {error}): {}",
+                quote_line(line)
+            );
+            lines.lock().unwrap_or_else(PoisonError::into_inner).malformed(line, error);
+            changed.notify_one();
+        };
         match parse_line(line) {
             Line::Output(_) => {
                 // Pass the line through as it came (invalid UTF-8 included).
@@ -301,11 +528,13 @@ async fn read_commands(ctx: ActivityContext, stdout: Option<tokio::process::Chil
                     // Our stdout is gone; keep consuming the child's output for its commands.
                 }
             }
-            Line::Heartbeat(details) => {
-                if let Err(e) = ctx.heartbeat(&details) {
-                    error!("ignoring ::heartbeat: {e}");
+            Line::Heartbeat(details) => match ctx.heartbeat(&details) {
+                Ok(()) => {
+                    lines.lock().unwrap_or_else(PoisonError::into_inner).heartbeat(Instant::now());
+                    changed.notify_one();
                 }
-            }
+                Err(e) => malformed("heartbeat", &e.to_string()),
+            },
             Line::Result(value) => match crate::wire::to_payload("the ::result", &value) {
                 Ok(value) => {
                     said.result = Some(value);
@@ -317,11 +546,13 @@ async fn read_commands(ctx: ActivityContext, stdout: Option<tokio::process::Chil
                     said.result_error = Some(e.to_string());
                 }
             },
-            Line::Fail(failure) => said.failure = Some(failure),
-            Line::Malformed { command, error } => {
-                let shown: String = line.chars().take(200).collect();
-                warn!("ignoring malformed ::{command} line ({error}): {shown}");
+            Line::Fail(failure, dropped) => {
+                if let Some(dropped) = dropped {
+                    warn!(r#type = %failure.type_, "::fail: {dropped}");
+                }
+                said.failure = Some(failure);
             }
+            Line::Malformed { command, error } => malformed(command, &error),
         }
     }
     said
@@ -351,13 +582,64 @@ mod tests {
         assert_eq!(parse_line("::result null"), Line::Result(json!(null)));
         assert_eq!(
             parse_line(r#"::fail {"type": "Bad", "message": "no", "nonRetryable": true}"#),
-            Line::Fail(WorkerFailure { type_: "Bad".into(), message: "no".into(), non_retryable: true })
+            Line::Fail(
+                WorkerFailure {
+                    type_: "Bad".into(),
+                    message: "no".into(),
+                    non_retryable: true,
+                    next_retry_delay: None
+                },
+                None
+            )
         );
         // message and nonRetryable are optional.
         assert_eq!(
             parse_line(r#"::fail {"type": "Bad"}"#),
-            Line::Fail(WorkerFailure { type_: "Bad".into(), message: String::new(), non_retryable: false })
+            Line::Fail(
+                WorkerFailure {
+                    type_: "Bad".into(),
+                    message: String::new(),
+                    non_retryable: false,
+                    next_retry_delay: None
+                },
+                None
+            )
         );
+        // nextRetryDelay, a Go-style duration, is passed on as written.
+        assert_eq!(
+            parse_line(r#"::fail {"type": "RateLimited", "message": "429", "nextRetryDelay": "7s"}"#),
+            Line::Fail(
+                WorkerFailure {
+                    type_: "RateLimited".into(),
+                    message: "429".into(),
+                    non_retryable: false,
+                    next_retry_delay: Some("7s".into())
+                },
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn an_invalid_next_retry_delay_is_dropped_and_named() {
+        for bad in ["7 seconds", "", "-1s", "1d"] {
+            let line = format!(r#"::fail {{"type": "RateLimited", "message": "429", "nextRetryDelay": "{bad}"}}"#);
+            match parse_line(&line) {
+                Line::Fail(f, Some(why)) => {
+                    assert_eq!(
+                        (f.type_.as_str(), f.message.as_str(), f.next_retry_delay),
+                        ("RateLimited", "429", None)
+                    );
+                    assert!(why.contains(&format!("{bad:?}")) && why.contains("backoff"), "{why}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        // Not a string: the whole line is malformed.
+        assert!(matches!(
+            parse_line(r#"::fail {"type": "X", "nextRetryDelay": 7}"#),
+            Line::Malformed { command: "fail", error } if error.contains("nextRetryDelay")
+        ));
     }
 
     #[test]
@@ -367,10 +649,11 @@ mod tests {
             "hello",
             "  ::heartbeat {}",
             ":heartbeat {}",
-            "::heartbeats {}",
-            "::heartbeat{}",
-            "::unknown {}",
             "::",
+            ":: heartbeat {}",
+            "::1 - - [21/Nov/2026] GET /",
+            "::ffff:10.0.0.1 connected",
+            "::group::Build",
             "processed item 3",
         ] {
             assert_eq!(parse_line(line), Line::Output(line), "{line:?}");
@@ -389,6 +672,87 @@ mod tests {
         assert!(matches!(parse_line(r#"::fail {"message": "no type"}"#), Line::Malformed { command: "fail", .. }));
         assert!(matches!(parse_line(r#"::fail {"type": ""}"#), Line::Malformed { command: "fail", .. }));
         assert!(matches!(parse_line(r#"::fail "just a string""#), Line::Malformed { command: "fail", .. }));
+        // A known command glued to its argument, and unknown words, are malformed too.
+        assert!(
+            matches!(parse_line("::heartbeat{}"), Line::Malformed { command: "heartbeat", error } if error.contains("space"))
+        );
+        for (line, word) in [("::heartbeats {}", "heartbeats"), ("::unknown {}", "unknown"), ("::warning x", "warning")]
+        {
+            assert!(
+                matches!(parse_line(line), Line::Malformed { command, error } if command == word && error.contains("unknown command")),
+                "{line:?}"
+            );
+        }
+        assert!(matches!(parse_line("::oops"), Line::Malformed { command: "oops", .. }));
+    }
+
+    #[test]
+    fn malformed_lines_count_until_a_valid_heartbeat() {
+        let t0 = Instant::now();
+        let mut l = MalformedLines::new(t0);
+        l.malformed("::heartbeat {oops", "invalid JSON: EOF");
+        l.malformed("::beat 1", "unknown command");
+        assert_eq!(l.count, 2);
+        assert_eq!(l.first, Some(("::heartbeat {oops".into(), "invalid JSON: EOF".into())));
+        let t1 = t0 + Duration::from_secs(1);
+        l.heartbeat(t1);
+        assert_eq!((l.count, l.first.is_none(), l.since), (0, true, t1));
+        // A long line is quoted cut.
+        l.malformed(&format!("::heartbeat {}", "x".repeat(500)), "e");
+        let (quoted, _) = l.first.clone().unwrap();
+        assert_eq!(quoted.chars().count(), QUOTED_LINE_CHARS + 1);
+        assert!(quoted.starts_with("::heartbeat xxx") && quoted.ends_with('…'), "{quoted}");
+        assert_eq!(quote_line("short"), "short");
+    }
+
+    #[test]
+    fn the_malformed_failure_says_why_the_heartbeat_timeout_would_lapse() {
+        let f = malformed_failure(
+            3,
+            "::heartbeat {oops",
+            "invalid JSON: EOF",
+            Duration::from_millis(9010),
+            Duration::from_secs(10),
+        );
+        assert_eq!(f.type_, MALFORMED_COMMAND);
+        assert!(!f.non_retryable);
+        assert!(f.next_retry_delay.is_none());
+        for part in [
+            "3 malformed command lines",
+            "no valid ::heartbeat for 9.01s",
+            "heartbeat timeout (10s) would lapse",
+            r#""::heartbeat {oops""#,
+            "invalid JSON: EOF",
+        ] {
+            assert!(f.message.contains(part), "{part:?} not in {:?}", f.message);
+        }
+        let one = malformed_failure(1, "::x 1", "unknown command", Duration::from_secs(1), Duration::from_secs(2));
+        assert!(one.message.contains("printed 1 malformed command line and"), "{}", one.message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_fires_only_with_malformed_lines_near_the_heartbeat_timeout() {
+        let t = Duration::from_secs(10);
+        let lines = Mutex::new(MalformedLines::new(Instant::now()));
+        let changed = Notify::new();
+        // No heartbeat timeout: never.
+        let never = tokio::time::timeout(Duration::from_secs(3600), malformed_watchdog(&lines, &changed, None)).await;
+        assert!(never.is_err());
+        // No malformed line: not at 9/10 of the timeout, nor long after.
+        let quiet = tokio::time::timeout(Duration::from_secs(60), malformed_watchdog(&lines, &changed, Some(t))).await;
+        assert!(quiet.is_err());
+        // A malformed line, with the last heartbeat long ago: at once.
+        lines.lock().unwrap().malformed("::heartbeat {oops", "invalid JSON");
+        changed.notify_one();
+        let f = tokio::time::timeout(Duration::from_millis(1), malformed_watchdog(&lines, &changed, Some(t))).await;
+        assert!(f.expect("fires").message.contains("{oops"));
+        // After a valid heartbeat: not before 9 s, then yes.
+        let start = Instant::now();
+        lines.lock().unwrap().heartbeat(Instant::now());
+        lines.lock().unwrap().malformed("::nope", "unknown command");
+        let f = malformed_watchdog(&lines, &changed, Some(t)).await;
+        assert!(start.elapsed() >= Duration::from_secs(9), "{:?}", start.elapsed());
+        assert!(f.message.contains("::nope"), "{}", f.message);
     }
 
     #[test]
@@ -396,7 +760,12 @@ mod tests {
         let none = Said::default();
         let with_result = Said { result: Some(json!({"n": 1})), ..Said::default() };
         let failing = Said {
-            failure: Some(WorkerFailure { type_: "Mine".into(), message: "m".into(), non_retryable: true }),
+            failure: Some(WorkerFailure {
+                type_: "Mine".into(),
+                message: "m".into(),
+                non_retryable: true,
+                next_retry_delay: None,
+            }),
             ..Said::default()
         };
         let too_large = Said { result_error: Some("the ::result is 20000 bytes".into()), ..Said::default() };

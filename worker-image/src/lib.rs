@@ -32,7 +32,8 @@ pub mod exec;
 pub mod throttle;
 pub mod wire;
 
-pub use context::{ActivityContext, CancelReason, Report};
+pub use activity_crds::StopCause;
+pub use context::{ActivityContext, ApplicationError, CancelReason, Deadlines, Report};
 pub use error::{Error, Result};
 
 /// Exit code of a worker that reported success (or whose command exited 0).

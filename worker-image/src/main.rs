@@ -105,6 +105,7 @@ async fn run(cli: Cli) -> i32 {
     };
     let (report, exit_code) = match cli.command {
         Command::Exec { command } => match exec::run(&ctx, &command).await {
+            Ok(end) if end.reported => return end.exit_code,
             Ok(end) => (end.report, end.exit_code),
             Err(e) => {
                 error!("exec failed: {e}");
@@ -113,6 +114,7 @@ async fn run(cli: Cli) -> i32 {
                         type_: "ExecError".into(),
                         message: e.to_string(),
                         non_retryable: false,
+                        next_retry_delay: None,
                     }),
                     EXIT_FAILURE,
                 )
@@ -136,6 +138,7 @@ async fn run(cli: Cli) -> i32 {
                         type_: "DemoError".into(),
                         message: e.to_string(),
                         non_retryable: false,
+                        next_retry_delay: None,
                     };
                     (Report::Failed(failure), EXIT_FAILURE)
                 }

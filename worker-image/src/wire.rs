@@ -175,8 +175,10 @@ mod tests {
                 type_: "BatchInterrupted".into(),
                 message: "m".into(),
                 non_retryable: false,
+                next_retry_delay: None,
             }),
             canceled: false,
+            cause: None,
         };
         let p = outcome_patch(2, ts(), Some(&json!({"lastItem": 5})), &outcome).unwrap();
         assert_eq!(
@@ -193,9 +195,10 @@ mod tests {
         let ok = Outcome {
             attempt: 1,
             succeeded: true,
-            result: Some(json!({"processed": 10})),
+            result: activity_crds::RawJson::from_value(&json!({"processed": 10})).ok(),
             failure: None,
             canceled: false,
+            cause: None,
         };
         let p = outcome_patch(1, ts(), None, &ok).unwrap();
         assert_eq!(
@@ -205,7 +208,8 @@ mod tests {
                 {"op": "add", "path": "/status/outcome", "value": {"attempt": 1, "succeeded": true, "result": {"processed": 10}}},
             ])
         );
-        let canceled = Outcome { attempt: 1, succeeded: false, result: None, failure: None, canceled: true };
+        let canceled =
+            Outcome { attempt: 1, succeeded: false, result: None, failure: None, canceled: true, cause: None };
         let p = outcome_patch(1, ts(), None, &canceled).unwrap();
         assert_eq!(p[1]["value"], json!({"attempt": 1, "succeeded": false, "canceled": true}));
     }

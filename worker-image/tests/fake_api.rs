@@ -299,7 +299,7 @@ async fn cancel_requested_in_the_reply_cancels() {
     let last = api.patches().pop().unwrap().body;
     assert_eq!(
         last.as_array().unwrap().last().unwrap()["value"],
-        json!({"attempt": 1, "succeeded": false, "canceled": true})
+        json!({"attempt": 1, "succeeded": false, "canceled": true, "cause": "Canceled"})
     );
 }
 
