@@ -317,6 +317,7 @@ struct Inner {
     grace_period: Duration,
     maximum_attempts: i32,
     deadlines: Deadlines,
+    began: Instant,
     throttle: Mutex<Throttle>,
     /// Wakes the heartbeat task when details are recorded.
     wake: Notify,
@@ -348,6 +349,7 @@ impl ActivityContext {
     /// in-cluster service account), reads the Activity once, starts the background heartbeat
     /// sender and cancels the context on SIGTERM or SIGINT.
     pub async fn from_env() -> Result<Self> {
+        let began = Instant::now();
         let name = env(ENV_NAME)?;
         let namespace = env(ENV_NAMESPACE)?;
         let raw_attempt = env(ENV_ATTEMPT)?;
@@ -361,7 +363,7 @@ impl ActivityContext {
         // layer could hold a single request for many minutes.
         config.default_retry = false;
         let client = Client::try_from(config).map_err(|e| Error::ClientConfig(e.to_string()))?;
-        let ctx = Self::connect(client, &namespace, &name, attempt).await?;
+        let ctx = Self::connect_since(client, &namespace, &name, attempt, began).await?;
         ctx.watch_signals();
         Ok(ctx)
     }
@@ -369,6 +371,10 @@ impl ActivityContext {
     /// The context of attempt `attempt` of Activity `namespace/name`, with the given client.
     /// Unlike [`ActivityContext::from_env`] it does not listen for signals.
     pub async fn connect(client: Client, namespace: &str, name: &str, attempt: i32) -> Result<Self> {
+        Self::connect_since(client, namespace, name, attempt, Instant::now()).await
+    }
+
+    async fn connect_since(client: Client, namespace: &str, name: &str, attempt: i32, began: Instant) -> Result<Self> {
         let api: Api<Activity> = Api::namespaced(client, namespace);
         let activity = get_with_retries(&api, namespace, name).await?;
         let spec = &activity.spec;
@@ -412,6 +418,7 @@ impl ActivityContext {
                 grace_period,
                 maximum_attempts,
                 deadlines,
+                began,
                 throttle: Mutex::new(throttle),
                 wake: Notify::new(),
                 send_lock: tokio::sync::Mutex::new(()),
@@ -453,6 +460,12 @@ impl ActivityContext {
     /// `spec.cancellationGracePeriod` (default 30 s).
     pub fn cancellation_grace_period(&self) -> Duration {
         self.inner.grace_period
+    }
+
+    /// When the worker began (before it read its Activity): the nearest this process knows of its
+    /// container's start, from which the operator counts the first heartbeat gap.
+    pub fn began(&self) -> Instant {
+        self.inner.began
     }
 
     /// `spec.retryPolicy.maximumAttempts` (0: unlimited).

@@ -12,8 +12,8 @@
 //! period is nearly over.
 //!
 //! A malformed `::` line (bad JSON, an unknown `::word`) is logged and counted. When the
-//! heartbeat timeout is about to lapse ([`MALFORMED_DEADLINE_FRACTION`] of it since the last valid
-//! `::heartbeat`, or since the start) and malformed lines were seen meanwhile, exec fails the
+//! heartbeat timeout is about to lapse ([`malformed_lead`] before it, counted from the last valid
+//! `::heartbeat` or the worker's start) and malformed lines were seen meanwhile, exec fails the
 //! attempt itself (retryable, type [`MALFORMED_COMMAND`], naming the first such line) and stops the
 //! child as on a cancel: the user reads why instead of a bare heartbeat timeout.
 
@@ -54,10 +54,13 @@ pub const ENV_SCHEDULE_TO_CLOSE_DEADLINE: &str = "ACTIVITY_SCHEDULE_TO_CLOSE_DEA
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The failure type exec reports when malformed `::` lines are about to cost a heartbeat timeout.
 pub const MALFORMED_COMMAND: &str = "MalformedCommand";
-/// The part of the heartbeat timeout after which exec reports malformed lines as the failure
-/// (9/10: before the operator's heartbeat timeout lapses, late enough not to race a valid
-/// heartbeat that is merely slow).
-pub const MALFORMED_DEADLINE_FRACTION: (u32, u32) = (9, 10);
+/// How long before the heartbeat timeout would lapse exec reports malformed lines as the failure:
+/// a tenth of the timeout, at least 2 s (the operator counts the first gap from the container's
+/// start time, which Kubernetes keeps to the second, and the report must land first), at most
+/// half the timeout.
+pub fn malformed_lead(heartbeat_timeout: Duration) -> Duration {
+    (heartbeat_timeout / 10).max(Duration::from_secs(2)).min(heartbeat_timeout / 2)
+}
 /// At most this many characters of a malformed line are logged or quoted.
 pub const QUOTED_LINE_CHARS: usize = 200;
 
@@ -202,8 +205,8 @@ pub fn malformed_failure(count: u64, first: &str, error: &str, silent: Duration,
     }
 }
 
-/// Completes with the [`MALFORMED_COMMAND`] failure once [`MALFORMED_DEADLINE_FRACTION`] of the
-/// heartbeat timeout has passed since the last valid `::heartbeat` (or the start) with malformed
+/// Completes with the [`MALFORMED_COMMAND`] failure once the heartbeat timeout less
+/// [`malformed_lead`] has passed since the last valid `::heartbeat` (or the start) with malformed
 /// lines seen meanwhile. Never completes without a heartbeat timeout.
 async fn malformed_watchdog(
     lines: &Mutex<MalformedLines>,
@@ -211,8 +214,7 @@ async fn malformed_watchdog(
     timeout: Option<Duration>,
 ) -> WorkerFailure {
     let Some(timeout) = timeout.filter(|t| !t.is_zero()) else { return std::future::pending().await };
-    let (num, den) = MALFORMED_DEADLINE_FRACTION;
-    let after = timeout / den * num;
+    let after = timeout.saturating_sub(malformed_lead(timeout));
     loop {
         let (due, failure) = {
             let l = lines.lock().unwrap_or_else(PoisonError::into_inner);
@@ -399,7 +401,8 @@ pub async fn run(ctx: &ActivityContext, command: &[String]) -> Result<ExecEnd> {
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
     info!(pid = pgid.unwrap_or_default(), "started {program:?}");
     let stdout = child.stdout.take();
-    let lines = Arc::new(Mutex::new(MalformedLines::new(Instant::now())));
+    // The operator counts the first heartbeat gap from the container's start: so does this.
+    let lines = Arc::new(Mutex::new(MalformedLines::new(Instant::from_std(ctx.began()))));
     let changed = Arc::new(Notify::new());
     let reader = tokio::spawn(read_commands(ctx.clone(), stdout, lines.clone(), changed.clone()));
 
@@ -687,6 +690,15 @@ mod tests {
     }
 
     #[test]
+    fn the_malformed_report_leads_the_heartbeat_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(malformed_lead(s(60)), s(6));
+        assert_eq!(malformed_lead(s(10)), s(2));
+        assert_eq!(malformed_lead(s(3)), Duration::from_millis(1500));
+        assert_eq!(malformed_lead(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
     fn malformed_lines_count_until_a_valid_heartbeat() {
         let t0 = Instant::now();
         let mut l = MalformedLines::new(t0);
@@ -738,7 +750,7 @@ mod tests {
         // No heartbeat timeout: never.
         let never = tokio::time::timeout(Duration::from_secs(3600), malformed_watchdog(&lines, &changed, None)).await;
         assert!(never.is_err());
-        // No malformed line: not at 9/10 of the timeout, nor long after.
+        // No malformed line: not at 8/10 of the timeout, nor long after.
         let quiet = tokio::time::timeout(Duration::from_secs(60), malformed_watchdog(&lines, &changed, Some(t))).await;
         assert!(quiet.is_err());
         // A malformed line, with the last heartbeat long ago: at once.
@@ -746,12 +758,12 @@ mod tests {
         changed.notify_one();
         let f = tokio::time::timeout(Duration::from_millis(1), malformed_watchdog(&lines, &changed, Some(t))).await;
         assert!(f.expect("fires").message.contains("{oops"));
-        // After a valid heartbeat: not before 9 s, then yes.
+        // After a valid heartbeat: not before 8 s (10 s less the 2 s lead), then yes.
         let start = Instant::now();
         lines.lock().unwrap().heartbeat(Instant::now());
         lines.lock().unwrap().malformed("::nope", "unknown command");
         let f = malformed_watchdog(&lines, &changed, Some(t)).await;
-        assert!(start.elapsed() >= Duration::from_secs(9), "{:?}", start.elapsed());
+        assert!(start.elapsed() >= Duration::from_secs(8), "{:?}", start.elapsed());
         assert!(f.message.contains("::nope"), "{}", f.message);
     }
 
