@@ -15,6 +15,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+/// A CEL test that `self.<field>` has the duration grammar ([`DURATION_PATTERN`]). Rules that compare
+/// durations check it first, so a malformed value is reported once, by the schema's pattern, and
+/// not again as a CEL evaluation error.
+macro_rules! valid {
+    ($field:literal) => {
+        concat!("self.", $field, ".matches('^(0|([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+)$')")
+    };
+}
+
 pub use duration::{DURATION_PATTERN, DurationError, format_duration, parse_duration};
 
 /// API group of the Activity resource.
@@ -67,14 +76,44 @@ pub const ATTEMPT_HISTORY: usize = 10;
         json_path = ".status.heartbeatDetails.progress",
         description = "The `progress` field of the last heartbeat details, when the worker sends one"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Pod",
+        type_ = "string",
+        json_path = ".status.podName",
+        priority = 1,
+        description = "The current attempt's pod"
+    ),
+    printcolumn(
+        name = "Last Failure",
+        type_ = "string",
+        json_path = ".status.lastFailure.type",
+        priority = 1,
+        description = "Type of the most recent failure"
+    ),
+    printcolumn(
+        name = "Next Retry",
+        type_ = "date",
+        json_path = ".status.nextAttemptScheduleTime",
+        priority = 1,
+        description = "When the next attempt starts, while BackingOff"
+    )
 )]
 #[x_kube(
-    validation = Rule::new("has(self.startToCloseTimeout) || has(self.scheduleToCloseTimeout)")
-        .message("at least one of spec.startToCloseTimeout and spec.scheduleToCloseTimeout is required"),
-    validation = Rule::new("!has(self.heartbeatTimeout) || (has(self.startToCloseTimeout) ? duration(self.heartbeatTimeout) <= duration(self.startToCloseTimeout) : (!has(self.scheduleToCloseTimeout) || duration(self.heartbeatTimeout) <= duration(self.scheduleToCloseTimeout)))")
-        .message("spec.heartbeatTimeout must be at most spec.startToCloseTimeout (or spec.scheduleToCloseTimeout when startToCloseTimeout is unset)")
-        .field_path(".heartbeatTimeout")
+    validation = Rule::new(concat!(
+        "(has(self.startToCloseTimeout) && (!", valid!("startToCloseTimeout"),
+        " || duration(self.startToCloseTimeout) > duration('0s'))) || (has(self.scheduleToCloseTimeout) && (!",
+        valid!("scheduleToCloseTimeout"), " || duration(self.scheduleToCloseTimeout) > duration('0s')))"
+    ))
+    .message("at least one of spec.startToCloseTimeout and spec.scheduleToCloseTimeout is required, and greater than 0s"),
+    validation = Rule::new(concat!(
+        "!has(self.heartbeatTimeout) || !", valid!("heartbeatTimeout"),
+        " || (has(self.startToCloseTimeout) ? (!", valid!("startToCloseTimeout"),
+        " || duration(self.heartbeatTimeout) <= duration(self.startToCloseTimeout)) : (!has(self.scheduleToCloseTimeout) || !",
+        valid!("scheduleToCloseTimeout"), " || duration(self.heartbeatTimeout) <= duration(self.scheduleToCloseTimeout)))"
+    ))
+    .message("spec.heartbeatTimeout must be at most spec.startToCloseTimeout (or spec.scheduleToCloseTimeout when startToCloseTimeout is unset)")
+    .field_path(".heartbeatTimeout")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ActivitySpec {
@@ -87,7 +126,7 @@ pub struct ActivitySpec {
     /// Input of the activity: any JSON value, handed to the worker. At most 16 KiB serialized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_json_schema")]
-    pub input: Option<Value>,
+    pub input: Option<RawJson>,
 
     /// Maximum duration of one attempt, counted from its worker container starting (e.g. `2m`).
     /// Retryable. Defaults to scheduleToCloseTimeout; at least one of the two is required.
@@ -131,18 +170,70 @@ pub struct ActivitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i64>,
+
+    /// The first attempt starts this long after the Activity's creation (phase `Scheduled`
+    /// meanwhile); scheduleToCloseTimeout counts from the end of the delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    pub start_delay: Option<String>,
+
+    /// `true` pauses: no new attempt starts. A Pending, BackingOff or Scheduled activity becomes
+    /// `Paused` at once; a running worker is told `Paused` in its next heartbeat reply and stops
+    /// (its pod is stopped after cancellationGracePeriod if it does not), and that attempt does not
+    /// count toward maximumAttempts. `false` again starts the next attempt at once, resuming from
+    /// the heartbeat details. scheduleToCloseTimeout keeps counting while paused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+
+    /// A new `requestedAt` requests one reset: a live attempt is stopped, then a new attempt
+    /// starts at once with a fresh retry budget, backoff and scheduleToClose clock (attempt numbers
+    /// keep increasing). Also re-runs a finished Succeeded, Failed or TimedOut activity. Not done
+    /// while canceling or canceled; a paused activity stays paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<ResetRequest>,
+}
+
+/// A reset request (see `spec.reset`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResetRequest {
+    /// Any RFC 3339 time; each new value requests one reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub requested_at: Option<String>,
+    /// The reset also drops status.heartbeatDetails, so the next attempt starts from scratch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear_heartbeat_details: bool,
+}
+
+/// The last reset done (see `spec.reset`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastReset {
+    /// The `spec.reset.requestedAt` it answered.
+    pub requested_at: String,
+    /// When it was done: the retry budget and the scheduleToClose clock count from here.
+    pub time: MicroTime,
+    /// The first attempt after it.
+    pub attempt: i32,
 }
 
 /// How failed attempts are retried: delay before attempt n+1 =
 /// min(initialInterval × backoffCoefficient^(n−1), maximumInterval).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(
-    validation = Rule::new("!has(self.initialInterval) || duration(self.initialInterval) > duration('0s')")
-        .message("spec.retryPolicy.initialInterval must be greater than 0")
-        .field_path(".initialInterval"),
-    validation = Rule::new("!has(self.maximumInterval) || !has(self.initialInterval) || duration(self.maximumInterval) >= duration(self.initialInterval)")
-        .message("spec.retryPolicy.maximumInterval must be at least spec.retryPolicy.initialInterval")
-        .field_path(".maximumInterval")
+    validation = Rule::new(concat!(
+        "!has(self.initialInterval) || !", valid!("initialInterval"),
+        " || duration(self.initialInterval) > duration('0s')"
+    ))
+    .message("spec.retryPolicy.initialInterval must be greater than 0")
+    .field_path(".initialInterval"),
+    validation = Rule::new(concat!(
+        "!has(self.maximumInterval) || !has(self.initialInterval) || !", valid!("maximumInterval"), " || !",
+        valid!("initialInterval"), " || duration(self.maximumInterval) >= duration(self.initialInterval)"
+    ))
+    .message("spec.retryPolicy.maximumInterval must be at least spec.retryPolicy.initialInterval")
+    .field_path(".maximumInterval")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
@@ -169,17 +260,33 @@ pub struct RetryPolicy {
     /// Worker error types (exact match) that fail the activity at once, without retrying.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub non_retryable_error_types: Vec<String>,
+
+    /// Exit codes of the worker container (when it exits without an outcome) that fail the
+    /// activity at once, without retrying.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_retryable_exit_codes: Vec<i32>,
+
+    /// Disrupted attempts (pod condition DisruptionTarget: eviction, preemption, node loss or
+    /// shutdown) are retried at once and do not count toward maximumAttempts, up to this many per
+    /// activity; `0` counts them as ordinary failures. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub maximum_disruptions: Option<i32>,
 }
 
 /// Where an activity is. `Succeeded`, `Failed`, `TimedOut` and `Canceled` are terminal.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
 pub enum Phase {
+    /// Waiting for spec.startDelay before the first attempt.
+    Scheduled,
     /// The attempt's pod exists but its worker is not running yet.
     Pending,
     /// The attempt's worker is running.
     Running,
     /// Waiting to start the next attempt (see nextAttemptScheduleTime).
     BackingOff,
+    /// Paused (spec.paused): no attempt is live and none starts.
+    Paused,
     /// A cancel was requested; waiting for the worker to stop.
     Canceling,
     Succeeded,
@@ -196,7 +303,9 @@ impl Phase {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::Scheduled => "Scheduled",
             Phase::Pending => "Pending",
+            Phase::Paused => "Paused",
             Phase::Running => "Running",
             Phase::BackingOff => "BackingOff",
             Phase::Canceling => "Canceling",
@@ -239,7 +348,7 @@ impl TimeoutType {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityStatus {
-    /// Pending · Running · BackingOff · Canceling · Succeeded · Failed · TimedOut · Canceled.
+    /// Scheduled · Pending · Running · BackingOff · Paused · Canceling · Succeeded · Failed · TimedOut · Canceled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// Current attempt number, from 1.
@@ -264,7 +373,7 @@ pub struct ActivityStatus {
     /// where the previous attempt stopped (written by the worker; at most 16 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_json_schema")]
-    pub heartbeat_details: Option<Value>,
+    pub heartbeat_details: Option<RawJson>,
     /// While BackingOff: when the next attempt starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_schedule_time: Option<MicroTime>,
@@ -277,13 +386,19 @@ pub struct ActivityStatus {
     /// The worker's result on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_json_schema")]
-    pub result: Option<Value>,
+    pub result: Option<RawJson>,
     /// Written by the worker at the end of an attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
     /// Finished attempts, most recent last (at most 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptRecord>,
+    /// The last reset done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset: Option<LastReset>,
+    /// Disrupted attempts so far (see retryPolicy.maximumDisruptions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruptions: Option<i32>,
     /// Standard conditions: `Running`, `Finished`, `Succeeded`, each with a reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -331,13 +446,29 @@ pub struct Outcome {
     /// The result, on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_json_schema")]
-    pub result: Option<Value>,
+    pub result: Option<RawJson>,
     /// The failure, when not succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<WorkerFailure>,
     /// The worker stopped because it was canceled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub canceled: bool,
+    /// Why a stopped worker stopped, as its heartbeat reply told it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<StopCause>,
+}
+
+/// Why a worker was told to stop (the cancellation's cause in the SDKs).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum StopCause {
+    /// The activity was deleted or `spec.cancelRequested` was set.
+    Canceled,
+    /// `spec.paused` was set.
+    Paused,
+    /// A new `spec.reset.requestedAt` was set.
+    Reset,
+    /// The heartbeat was refused: the attempt timed out or a newer one runs.
+    Superseded,
 }
 
 /// A failure as reported by the worker.
@@ -353,6 +484,11 @@ pub struct WorkerFailure {
     /// The worker says this failure must not be retried.
     #[serde(default)]
     pub non_retryable: bool,
+    /// Start the next attempt after this delay instead of the backoff (not capped by
+    /// retryPolicy.maximumInterval; still bounded by scheduleToCloseTimeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    pub next_retry_delay: Option<String>,
 }
 
 /// One finished attempt.
@@ -370,12 +506,26 @@ pub struct AttemptRecord {
     pub failure: Option<Failure>,
 }
 
+/// The longest duration any field accepts (the API server checks it with CEL's `duration()`, so a
+/// value the parser could not hold is refused at `kubectl apply` time).
+pub const MAX_DURATION: &str = "87600h";
+
 fn duration_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
         "pattern": DURATION_PATTERN,
-        "maxLength": 64,
+        "maxLength": 32,
+        "x-kubernetes-validations": [{
+            "rule": format!("!self.matches('{}') || duration(self) <= duration('{MAX_DURATION}')", cel_pattern()),
+            "message": format!("must be at most {MAX_DURATION} (10 years)"),
+        }],
     })
+}
+
+/// [`DURATION_PATTERN`] as a CEL string literal's content. Cross-field rules check it before they
+/// call `duration()`, so a malformed value is reported once, by the pattern, not again by CEL.
+fn cel_pattern() -> String {
+    DURATION_PATTERN.replace('\\', "\\\\")
 }
 
 /// A pod template as the user wrote it: its JSON text, read into a [`PodTemplateSpec`] only when a
@@ -401,6 +551,63 @@ impl PodTemplate {
     /// The template's JSON text.
     pub fn json(&self) -> &str {
         self.0.get()
+    }
+}
+
+/// A JSON value written by a user or a worker (`spec.input`, `status.heartbeatDetails`, results),
+/// kept as its text. serde_json builds a `Value` recursively and refuses nesting deeper than 128
+/// levels; a worker that heartbeated deeper details made its Activity undecodable, and with it the
+/// operator's watch and the new leader's first list. The text is read with an explicit stack, at
+/// any depth, and is parsed only where a value is needed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Its size in bytes, as stored.
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.get().is_empty()
+    }
+
+    /// `null`, which the API treats like an absent field.
+    pub fn is_null(&self) -> bool {
+        self.0.get().trim() == "null"
+    }
+
+    /// The value typed as `T` (an error for nesting deeper than serde_json's limit, among others).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// The value as a `serde_json::Value`.
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
+        self.parse()
+    }
+
+    /// The JSON text of `value`.
+    pub fn from_value<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(Self(serde_json::value::to_raw_value(value)?))
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl PartialEq<Value> for RawJson {
+    fn eq(&self, other: &Value) -> bool {
+        self.to_value().is_ok_and(|v| &v == other)
     }
 }
 

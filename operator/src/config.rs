@@ -234,6 +234,7 @@ mod tests {
             maximum_interval: max.map(|m| format!("{m}ms")),
             maximum_attempts: Some(attempts),
             non_retryable_error_types: vec!["Fatal".into()],
+            ..RetryPolicy::default()
         };
         let mut s = spec(serde_json::json!({"startToCloseTimeout": "1m"}));
         s.retry_policy = Some(policy);

@@ -17,14 +17,17 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
 use crate::events::{self, EventQueue};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, Event, Plan};
-use crate::pods::{self, PodView, WorkerPod, pod_name};
+use crate::pods::{self, PodView, STOPPED_AT, WorkerPod, pod_name};
+use crate::reason::Reason;
 
-/// Status fields the worker owns; the operator never writes them.
+/// Status fields the worker owns; the operator never writes them (see `StatusApply`).
+#[cfg(test)]
 const WORKER_FIELDS: [&str; 3] = ["lastHeartbeatTime", "heartbeatDetails", "outcome"];
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,10 @@ pub enum Error {
     PodCacheNotReady,
     #[error("the activity changed since the copy its attempt was judged on")]
     Superseded,
+    #[error("this replica is no longer the leader: it writes nothing more")]
+    NotLeader,
+    #[error("the Activity has no namespace")]
+    NoNamespace,
 }
 
 impl Error {
@@ -51,6 +58,8 @@ impl Error {
             Error::Serialize(_) => "serialize",
             Error::PodCacheNotReady => "pod_cache",
             Error::Superseded => "superseded",
+            Error::NotLeader => "not_leader",
+            Error::NoNamespace => "no_namespace",
         }
     }
 }
@@ -82,6 +91,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Service account of worker pods whose template names none.
     pub worker_service_account: String,
+    /// Cancelled when this replica stops leading: from then on no write is sent.
+    pub fence: CancellationToken,
 }
 
 /// Whether a reflector store has finished its first list, for any number of concurrent waiters.
@@ -228,6 +239,8 @@ pub struct Context {
     /// Pods created and not yet in the cache; exits without an outcome in the cache.
     created: RecentPods,
     exits: RecentPods,
+    /// Per-object: the problem last shown in the `Stalled` condition, so it is written once.
+    problems: Mutex<HashMap<ObjectRef<Activity>, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -311,9 +324,16 @@ impl Context {
         stale.insert(key.clone(), (versions, now + STALE_MARK_KEEP));
     }
 
+    /// Err([`Error::NotLeader`]) once this replica has stopped leading: checked before every write,
+    /// so a deposed leader sends none while its reconciles wind down.
+    fn may_write(&self) -> Result<(), Error> {
+        if self.settings.fence.is_cancelled() { Err(Error::NotLeader) } else { Ok(()) }
+    }
+
     /// Drops the per-object memory of a finished activity (the stale-cache guard expires by itself).
     fn forget(&self, key: &ObjectRef<Activity>) {
         lock(&self.failures).remove(key);
+        lock(&self.problems).remove(key);
         lock(&self.heartbeats).remove(key);
         self.set_armed(key, false);
     }
@@ -328,11 +348,32 @@ impl Context {
     }
 }
 
-/// One pass over one Activity.
+/// One pass over one Activity. What keeps it from moving on is shown on the Activity (the
+/// `Stalled` condition and a Warning event), and cleared once a pass succeeds.
 #[instrument(skip_all, fields(activity = %act.name_any(), namespace = act.namespace().unwrap_or_default()))]
 pub async fn reconcile(act: Arc<Activity>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let started = Instant::now();
     let key = ObjectRef::from_obj(act.as_ref());
+    let result = reconcile_once(act.clone(), &ctx, &key).await;
+    let outcome = match &result {
+        Ok(_) => clear_stalled(&ctx, &act, &key).await,
+        Err(error) => {
+            let before = lock(&ctx.failures).get(&key).copied().unwrap_or(0);
+            match problem_of(error, before) {
+                Some((reason, message)) => set_stalled(&ctx, &act, &key, reason, message).await,
+                None => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = outcome {
+        debug!(error = %e, "the Stalled condition was not updated; the next pass tries again");
+    }
+    result
+}
+
+async fn reconcile_once(act: Arc<Activity>, ctx: &Arc<Context>, key: &ObjectRef<Activity>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let key = key.clone();
+    let ctx = ctx.clone();
     if ctx.cache_is_behind(&key, &act) {
         debug!("cache has not seen our last status write yet");
         return Ok(Requeue::requeue(Duration::from_millis(100)));
@@ -406,7 +447,7 @@ async fn pods_confirmed(ctx: &Context, act: &Activity) -> Result<Vec<PodView>, E
     let mut pods = ctx.pods_of(act);
     let Some(name) = planner::pod_to_confirm(act, &pods) else { return Ok(pods) };
     ctx.metrics.fresh_read("pod");
-    let api: Api<WorkerPod> = Api::namespaced(ctx.client.clone(), &act.namespace().unwrap_or_default());
+    let api: Api<WorkerPod> = Api::namespaced(ctx.client.clone(), &namespace_of(act)?);
     let uid = act.uid().unwrap_or_default();
     let read = api.get_opt(&name).await.map_err(kube_err("get pod"))?;
     if let Some(pod) = read.filter(|p| p.owner_references().iter().any(|o| o.uid == uid)) {
@@ -418,7 +459,7 @@ async fn pods_confirmed(ctx: &Context, act: &Activity) -> Result<Vec<PodView>, E
 
 /// The Activity as the API server has it now; `None` once it is gone.
 async fn read_afresh(ctx: &Context, act: &Activity) -> Result<Option<Arc<Activity>>, Error> {
-    let api: Api<Activity> = Api::namespaced(ctx.client.clone(), &act.namespace().unwrap_or_default());
+    let api: Api<Activity> = Api::namespaced(ctx.client.clone(), &namespace_of(act)?);
     Ok(api.get_opt(&act.name_any()).await.map_err(kube_err("get activity"))?.map(Arc::new))
 }
 
@@ -452,7 +493,7 @@ async fn execute(
     ctx: &Context,
     key: &ObjectRef<Activity>,
 ) -> Result<Requeue, Error> {
-    let ns = act.namespace().unwrap_or_default();
+    let ns = namespace_of(act)?;
     let name = act.name_any();
     let acts: Api<Activity> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -461,6 +502,7 @@ async fn execute(
     let mut superseded: Vec<String> = act.resource_version().into_iter().chain(cached_version).collect();
     superseded.dedup();
     let mut finalized = None;
+    ctx.may_write()?;
     if plan.has(&Action::AddFinalizer) {
         finalized = add_finalizer(&acts, act).await?.resource_version();
         ctx.metrics.write("finalizer");
@@ -468,7 +510,17 @@ async fn execute(
     let current = act.status.clone().unwrap_or_default();
     let mut written = None;
     if plan.status != current {
-        let precondition = finalized.clone().or_else(|| act.resource_version());
+        let mut precondition = finalized.clone().or_else(|| act.resource_version());
+        if current.outcome.is_some() && plan.status.outcome.is_none() {
+            // A new attempt: the last one's outcome goes first (the operator's apply does not
+            // carry the worker's fields, so it cannot remove it).
+            ctx.may_write()?;
+            let cleared = clear_outcome(&acts, &name, precondition.as_deref()).await?;
+            ctx.metrics.write("status");
+            superseded.extend(precondition.take());
+            precondition = cleared.resource_version();
+        }
+        ctx.may_write()?;
         written = write_status(&acts, &name, &plan.status, precondition.as_deref()).await?.resource_version();
         ctx.metrics.write("status");
         // The finalizer patch's version is out of date too once the status is written.
@@ -483,6 +535,7 @@ async fn execute(
     publish(ctx, act, &plan.events);
 
     for action in &plan.actions {
+        ctx.may_write()?;
         match action {
             Action::CreatePod { attempt } => {
                 let params = PostParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
@@ -492,6 +545,12 @@ async fn execute(
                         Ok(_) => {
                             ctx.metrics.write("pod_create");
                             ctx.created.record(pod_key(act, *attempt), Instant::now());
+                            let started = Event {
+                                warning: false,
+                                reason: Reason::AttemptStarted,
+                                message: format!("attempt {attempt}: created pod {}", pod.name_any()),
+                            };
+                            publish(ctx, act, std::slice::from_ref(&started));
                             None
                         }
                         Err(e) if api_code(&e) == Some(409) => {
@@ -502,24 +561,14 @@ async fn execute(
                         Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
                             Some(format!("the API server refused the worker pod: {}", status.message))
                         }
-                        Err(e) => {
-                            // Transient or an install problem (missing service account, quota):
-                            // retried with backoff, and shown to the user on the Activity.
-                            let event = Event {
-                                warning: true,
-                                reason: "PodCreateFailed",
-                                message: format!(
-                                    "attempt {attempt}: cannot create the worker pod (will retry): {}",
-                                    api_message(&e)
-                                ),
-                            };
-                            publish(ctx, act, std::slice::from_ref(&event));
-                            return Err(kube_err("create pod")(e));
-                        }
+                        // Transient or an install problem (missing service account, quota): retried
+                        // with backoff, and shown on the Activity (see `problem_of`).
+                        Err(e) => return Err(kube_err("create pod")(e)),
                     },
                 };
                 if let Some(message) = refused {
                     // Permanent: retrying the same template would be refused again.
+                    ctx.may_write()?;
                     let rejected = planner::pod_rejected(act, &plan.status, message, Timestamp::now());
                     let version = written.clone().or_else(|| finalized.clone()).or_else(|| act.resource_version());
                     write_status(&acts, &name, &rejected.status, version.as_deref()).await?;
@@ -532,15 +581,26 @@ async fn execute(
                     return Ok(Requeue::await_change());
                 }
             }
-            Action::DeletePod { name } => match pods.delete(name, &DeleteParams::default()).await {
-                Ok(_) => ctx.metrics.write("pod_delete"),
-                Err(e) if api_code(&e) == Some(404) => {}
-                Err(e) => return Err(kube_err("delete pod")(e)),
-            },
+            Action::DeletePod { name } => delete_pod(&pods, name, ctx).await?,
+            Action::StopPod { name } => {
+                let stop = json!({
+                    "metadata": { "annotations": { STOPPED_AT: Timestamp::now().to_string() } },
+                    "spec": { "activeDeadlineSeconds": 1 },
+                });
+                let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+                match pods.patch(name, &params, &Patch::Merge(&stop)).await {
+                    Ok(_) => ctx.metrics.write("pod_stop"),
+                    Err(e) if api_code(&e) == Some(404) => {}
+                    // A deadline the pod's spec cannot take (it has a shorter one already): delete.
+                    Err(e) if api_code(&e) == Some(422) => delete_pod(&pods, name, ctx).await?,
+                    Err(e) => return Err(kube_err("stop pod")(e)),
+                }
+            }
             Action::AddFinalizer | Action::RemoveFinalizer | Action::DeleteActivity => {}
         }
     }
     if plan.has(&Action::RemoveFinalizer) {
+        ctx.may_write()?;
         if remove_finalizer(&acts, act).await? {
             ctx.metrics.write("finalizer");
             // Every version up to our status write still shows the finalizer: a reconcile woken
@@ -552,6 +612,7 @@ async fn execute(
         ctx.forget(key);
     }
     if plan.has(&Action::DeleteActivity) {
+        ctx.may_write()?;
         let uid = act.uid();
         let params = DeleteParams {
             preconditions: Some(Preconditions { uid, resource_version: None }),
@@ -582,6 +643,143 @@ fn guarded(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     }
 }
 
+/// Deletes a pod with its own grace period; one that is gone already counts as deleted.
+async fn delete_pod(pods: &Api<Pod>, name: &str, ctx: &Context) -> Result<(), Error> {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => ctx.metrics.write("pod_delete"),
+        Err(e) if api_code(&e) == Some(404) => {}
+        Err(e) => return Err(kube_err("delete pod")(e)),
+    }
+    Ok(())
+}
+
+/// Removes `status.outcome` (the worker's field), over `precondition` when given: a JSON patch
+/// that sets the resourceVersion, so the API server answers 409 if the Activity changed.
+async fn clear_outcome(acts: &Api<Activity>, name: &str, precondition: Option<&str>) -> Result<Activity, Error> {
+    let mut ops = vec![json!({ "op": "remove", "path": "/status/outcome" })];
+    if let Some(rv) = precondition {
+        ops.insert(0, json!({ "op": "replace", "path": "/metadata/resourceVersion", "value": rv }));
+    }
+    let patch: json_patch::Patch = serde_json::from_value(json!(ops)).map_err(Error::Serialize)?;
+    let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+    acts.patch_status(name, &params, &Patch::<()>::Json(patch)).await.map_err(guarded("clear outcome"))
+}
+
+/// The condition type that shows what keeps an activity from moving on.
+pub const STALLED: &str = "Stalled";
+
+/// What a failed pass means for the user, if it is worth showing: the reason and a message that
+/// says what to do. `failures_before` is the number of failed passes before this one: a transient
+/// error (the API server busy, a timeout) is shown only once it persists.
+pub fn problem_of(error: &Error, failures_before: u32) -> Option<(Reason, String)> {
+    let Error::Kube { action, source } = error else { return None };
+    let code = api_code(source);
+    let message = api_message(source);
+    let missing_account = message.contains("serviceaccount") && message.contains("not found");
+    // RBAC's refusals name the user; a quota's or an admission plugin's are 403s too.
+    let rbac = message.contains("User \"") && message.contains(" cannot ");
+    match code {
+        Some(403) if *action == "create pod" && missing_account => Some((
+            Reason::WorkerServiceAccountMissing,
+            format!(
+                "the attempt's worker pod names a service account that does not exist ({message}). Install the \
+                 chart with this namespace in watchNamespaces (it creates the activity-worker account and its \
+                 Role there), or name an existing serviceAccountName in spec.template.spec"
+            ),
+        )),
+        Some(403) if rbac => Some((
+            Reason::Forbidden,
+            format!(
+                "the operator may not {action}: {message}. Its service account lacks this permission: \
+                 install the chart's RBAC for this namespace (rbac.create, watchNamespaces)"
+            ),
+        )),
+        _ if *action == "create pod" => {
+            Some((Reason::PodCreateFailed, format!("cannot create the worker pod (retrying): {message}")))
+        }
+        Some(400 | 404 | 422) => Some((Reason::ApiError, format!("{action}: {message} (retrying)"))),
+        _ if failures_before >= 2 => Some((Reason::ApiError, format!("{action}: {message} (retrying)"))),
+        _ => None,
+    }
+}
+
+/// Shows `message` as a Warning event (each repeat joins the Event's series) and in the
+/// activity's `Stalled` condition (a JSON patch over a fresh read, so no other condition is
+/// touched; written once per distinct message).
+async fn set_stalled(
+    ctx: &Context,
+    act: &Activity,
+    key: &ObjectRef<Activity>,
+    reason: Reason,
+    message: String,
+) -> Result<(), Error> {
+    publish(ctx, act, &[Event { warning: true, reason, message: message.clone() }]);
+    if lock(&ctx.problems).get(key) == Some(&message) {
+        return Ok(());
+    }
+    ctx.may_write()?;
+    let acts: Api<Activity> = Api::namespaced(ctx.client.clone(), &namespace_of(act)?);
+    let Some(fresh) = acts.get_opt(&act.name_any()).await.map_err(kube_err("get activity"))? else { return Ok(()) };
+    let now = Timestamp::now();
+    let conditions = fresh.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let index = conditions.iter().position(|c| c.type_ == STALLED);
+    let since = index.and_then(|i| conditions.get(i)).map(|c| c.last_transition_time.clone());
+    let condition = json!({
+        "type": STALLED, "status": "True", "reason": reason.as_str(), "message": message,
+        "lastTransitionTime": since.unwrap_or(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+        "observedGeneration": fresh.metadata.generation,
+    });
+    let ops = match (&fresh.status, index) {
+        (None, _) => json!([{ "op": "add", "path": "/status", "value": { "conditions": [condition] } }]),
+        (Some(s), None) if s.conditions.is_empty() => {
+            json!([{ "op": "add", "path": "/status/conditions", "value": [condition] }])
+        }
+        (Some(_), None) => json!([{ "op": "add", "path": "/status/conditions/-", "value": condition }]),
+        (Some(_), Some(i)) => json!([
+            { "op": "test", "path": format!("/status/conditions/{i}/type"), "value": STALLED },
+            { "op": "replace", "path": format!("/status/conditions/{i}"), "value": condition },
+        ]),
+    };
+    patch_status_json(&acts, &act.name_any(), ops).await?;
+    ctx.metrics.write("status");
+    lock(&ctx.problems).insert(key.clone(), message);
+    Ok(())
+}
+
+/// Removes the `Stalled` condition after a pass that succeeded, if the activity shows one.
+async fn clear_stalled(ctx: &Context, act: &Activity, key: &ObjectRef<Activity>) -> Result<(), Error> {
+    let remembered = lock(&ctx.problems).remove(key).is_some();
+    let shown = act.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == STALLED));
+    if !remembered && !shown {
+        return Ok(());
+    }
+    ctx.may_write()?;
+    let acts: Api<Activity> = Api::namespaced(ctx.client.clone(), &namespace_of(act)?);
+    let Some(fresh) = acts.get_opt(&act.name_any()).await.map_err(kube_err("get activity"))? else { return Ok(()) };
+    let conditions = fresh.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let Some(i) = conditions.iter().position(|c| c.type_ == STALLED) else { return Ok(()) };
+    let ops = json!([
+        { "op": "test", "path": format!("/status/conditions/{i}/type"), "value": STALLED },
+        { "op": "remove", "path": format!("/status/conditions/{i}") },
+    ]);
+    patch_status_json(&acts, &act.name_any(), ops).await?;
+    ctx.metrics.write("status");
+    Ok(())
+}
+
+async fn patch_status_json(acts: &Api<Activity>, name: &str, ops: serde_json::Value) -> Result<(), Error> {
+    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(Error::Serialize)?;
+    let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+    acts.patch_status(name, &params, &Patch::<()>::Json(patch)).await.map_err(kube_err("write condition"))?;
+    Ok(())
+}
+
+/// The activity's namespace; the operator only watches namespaced Activities, so one without is
+/// an internal error, never silently the empty namespace.
+fn namespace_of(act: &Activity) -> Result<String, Error> {
+    act.namespace().ok_or(Error::NoNamespace)
+}
+
 /// Server-side apply of the operator's part of the status. With `precondition`, only over that
 /// resourceVersion: [`Error::Superseded`] if the Activity has changed since.
 async fn write_status(
@@ -590,19 +788,42 @@ async fn write_status(
     status: &ActivityStatus,
     precondition: Option<&str>,
 ) -> Result<Activity, Error> {
-    let mut value = serde_json::to_value(status).map_err(Error::Serialize)?;
-    if let Some(fields) = value.as_object_mut() {
-        for field in WORKER_FIELDS {
-            fields.remove(field);
-        }
-    }
-    let mut patch = json!({ "apiVersion": Activity::api_version(&()), "kind": Activity::kind(&()), "status": value });
-    if let Some(rv) = precondition {
-        patch["metadata"] = json!({ "resourceVersion": rv });
-    }
+    let patch = StatusApply::new(status, precondition);
     acts.patch_status(name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(guarded("write status"))
+}
+
+/// The body of the operator's status apply. Serialized directly, never through a
+/// `serde_json::Value`: a result a worker wrote is raw JSON of any depth, which a `Value` cannot hold.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusApply<'a> {
+    api_version: String,
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<VersionOnly<'a>>,
+    status: ActivityStatus,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionOnly<'a> {
+    resource_version: &'a str,
+}
+
+impl<'a> StatusApply<'a> {
+    /// The operator's part of `status`: without the fields the worker owns (see [`WORKER_FIELDS`]).
+    fn new(status: &ActivityStatus, precondition: Option<&'a str>) -> Self {
+        let status =
+            ActivityStatus { last_heartbeat_time: None, heartbeat_details: None, outcome: None, ..status.clone() };
+        StatusApply {
+            api_version: Activity::api_version(&()).into_owned(),
+            kind: Activity::kind(&()).into_owned(),
+            metadata: precondition.map(|rv| VersionOnly { resource_version: rv }),
+            status,
+        }
+    }
 }
 
 /// Adds our finalizer, guarded by the resourceVersion so no concurrent change is lost.
@@ -690,13 +911,15 @@ fn planner_input(act: &Activity) -> Option<u64> {
             result,
             outcome,
             attempts,
+            last_reset,
+            disruptions,
             conditions,
             observed_generation,
         } = s;
         (
             (phase, attempt, pod_name, scheduled_time, started_time, closed_time),
             (next_attempt_schedule_time, cancel_requested_time, last_failure, result, outcome),
-            (attempts, conditions, observed_generation),
+            (attempts, last_reset, disruptions, conditions, observed_generation),
         )
     });
     let mut hasher = HashWriter(DefaultHasher::new());
@@ -742,7 +965,7 @@ pub async fn run(
     let (act_store, act_writer) = reflector::store();
     let (pod_store, pod_writer) = reflector::store();
     let config = ControllerConfig::default().concurrency(settings.concurrency);
-    let (events, publisher) = events::start(client.clone(), reporter, metrics.clone());
+    let (events, publisher) = events::start(client.clone(), reporter, metrics.clone(), settings.fence.clone());
     let ctx = Arc::new(Context {
         client,
         pods_ready: ReadyGate::of(&pod_store),
@@ -756,9 +979,17 @@ pub async fn run(
         armed: Mutex::default(),
         created: RecentPods::default(),
         exits: RecentPods::default(),
+        problems: Mutex::default(),
     });
     let lag = ctx.clone();
+    let (act_errors, pod_errors) = (ctx.metrics.clone(), ctx.metrics.clone());
+    // A watch that fails (an object that does not decode, a list the API server refused) is
+    // restarted with backoff; it is logged at warn and counted, never hidden.
     let act_stream = watcher(acts, watcher::Config::default().any_semantic())
+        .inspect_err(move |e| {
+            act_errors.watch_error("activities");
+            warn!(error = %e, "the Activity watch failed; restarting it");
+        })
         .default_backoff()
         .modify(slim_activity)
         .reflect(act_writer)
@@ -766,6 +997,10 @@ pub async fn run(
         .inspect_ok(move |act| lag.observe_heartbeat(act, Timestamp::now()))
         .predicate_filter(planner_input, Default::default());
     let pod_stream = watcher(pods, watcher::Config::default().labels(activity_crds::LABEL_ACTIVITY).any_semantic())
+        .inspect_err(move |e| {
+            pod_errors.watch_error("pods");
+            warn!(error = %e, "the worker pod watch failed; restarting it");
+        })
         .default_backoff()
         .reflect(pod_writer)
         .touched_objects();
@@ -882,6 +1117,21 @@ mod tests {
     }
 
     #[test]
+    fn the_status_apply_leaves_the_workers_fields_alone_and_carries_results_of_any_depth() {
+        let mut status = running().status.expect("status");
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        status.result = serde_json::from_str(&deep).ok();
+        status.outcome = serde_json::from_value(json!({"attempt": 1, "succeeded": true})).ok();
+        assert!(status.result.is_some());
+        let body = serde_json::to_string(&StatusApply::new(&status, Some("7"))).expect("serializes");
+        assert!(body.contains(&deep), "the result is sent as it came");
+        for field in WORKER_FIELDS {
+            assert!(!body.contains(&format!("\"{field}\"")), "{field} is the worker's: {body}");
+        }
+        assert!(body.contains(r#""metadata":{"resourceVersion":"7"}"#), "{body}");
+    }
+
+    #[test]
     fn a_heartbeat_alone_does_not_wake_the_planner() {
         let before = running();
         let base = planner_input(&before);
@@ -890,7 +1140,7 @@ mod tests {
         beat.metadata.resource_version = Some("11".into());
         let st = beat.status.as_mut().expect("status");
         st.last_heartbeat_time = Some(MicroTime("2026-01-01T00:00:09Z".parse().expect("time")));
-        st.heartbeat_details = Some(json!({"i": 2}));
+        st.heartbeat_details = activity_crds::RawJson::from_value(&json!({"i": 2})).ok();
         assert_eq!(planner_input(&beat), base, "heartbeat fields and resourceVersion are not planner input");
 
         // Everything else the planner reads does wake it.

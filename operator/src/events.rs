@@ -27,6 +27,7 @@ use kube::Client;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -124,14 +125,23 @@ pub struct Publisher {
 }
 
 /// A queue and the tasks that publish it as `reporter`.
-pub fn start(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> (EventQueue, Publisher) {
+/// Once `fence` is cancelled (this replica no longer leads), queued Events are dropped unsent.
+pub fn start(
+    client: Client,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+    fence: CancellationToken,
+) -> (EventQueue, Publisher) {
     let (lanes, tasks) = (0..LANES)
         .map(|_| {
             let (tx, mut rx) = mpsc::channel::<Queued>(QUEUE);
-            let (client, reporter) = (client.clone(), reporter.clone());
+            let (client, reporter, fence) = (client.clone(), reporter.clone(), fence.clone());
             let task = tokio::spawn(async move {
                 let mut recent = Recent::default();
                 while let Some(event) = rx.recv().await {
+                    if fence.is_cancelled() {
+                        continue;
+                    }
                     if let Err(e) = publish(&client, &reporter, &mut recent, &event).await {
                         warn!(error = %e, reason = event.reason, "could not record event");
                     }
@@ -189,21 +199,22 @@ impl EventQueue {
     pub fn send(&self, reference: &ObjectReference, events: &[Event]) {
         for event in events {
             self.metrics.count_event(event.reason);
+            let reason = event.reason.as_str();
             if event.warning {
-                warn!(reason = event.reason, "{}", event.message);
+                warn!(reason, "{}", event.message);
             } else {
-                info!(reason = event.reason, "{}", event.message);
+                info!(reason, "{}", event.message);
             }
             let queued = Queued {
                 regarding: reference.clone(),
                 warning: event.warning,
-                reason: event.reason,
+                reason,
                 // The API server refuses a note over 1 KiB.
                 note: event.message.chars().take(1000).collect(),
             };
             if self.lane(reference).try_send(queued).is_err() {
                 self.metrics.events_dropped.inc();
-                warn!(reason = event.reason, "event queue full: event not recorded (the status has it)");
+                warn!(reason, "event queue full: event not recorded (the status has it)");
             }
         }
     }

@@ -9,4 +9,5 @@ pub mod events;
 pub mod metrics;
 pub mod planner;
 pub mod pods;
+pub mod reason;
 pub mod server;

@@ -84,7 +84,9 @@ struct Args {
 fn init_tracing(args: &Args) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colors only on a terminal: `kubectl logs` and log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -130,9 +132,13 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let health = Health { metrics: metrics.clone(), ready: ready.clone() };
+    // Bound before anything else starts: an operator without its probes and metrics must not run.
+    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address).await.with_context(|| {
+        format!("binding --metrics-bind-address {} (/metrics, /healthz, /readyz)", args.metrics_bind_address)
+    })?;
     let http = {
         let stop = stop.clone();
-        tokio::spawn(server::serve(args.metrics_bind_address, health, async move { stop.cancelled().await }))
+        tokio::spawn(server::serve(listener, health, async move { stop.cancelled().await }))
     };
 
     let identity = args.identity.clone().unwrap_or_else(|| {
@@ -188,6 +194,8 @@ async fn main() -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
 
     let run_stop = leadership.as_ref().map(|(_, _, lost)| lost.clone()).unwrap_or_else(|| stop.clone());
+    // Writes stop the moment leadership is lost, before the controller has wound down.
+    let fence = leadership.as_ref().map(|(_, _, lost)| lost.clone()).unwrap_or_default();
     let reporter = events::Reporter { controller: "activity-operator".into(), instance: identity.clone() };
     let namespaces: Vec<Option<String>> =
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
@@ -198,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
                 namespace,
                 concurrency: args.concurrency,
                 worker_service_account: args.worker_service_account.clone(),
+                fence: fence.clone(),
             };
             let token = run_stop.clone();
             controller::run(client.clone(), settings, metrics.clone(), reporter.clone(), async move {
@@ -216,7 +225,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     stop.cancel();
-    let _ = http.await;
+    match http.await {
+        Ok(Err(e)) => warn!(error = %e, "the metrics and health server failed"),
+        Err(e) => warn!(error = %e, "the metrics and health server task"),
+        Ok(Ok(())) => {}
+    }
     if lost_leadership {
         anyhow::bail!("lost leadership");
     }

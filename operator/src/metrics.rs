@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::reason::Reason;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -41,6 +43,9 @@ pub struct Metrics {
     /// plan would create a pod without writing the status (`pod_create`), or the current
     /// attempt's pod was missing from the pod cache (`pod`).
     pub fresh_reads: Family<KindLabel, Counter>,
+    /// Failures of the Activity and pod watches (an object that does not decode, a list the API
+    /// server refused), by resource: the watch is restarted with backoff.
+    pub watch_errors: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,6 +62,7 @@ impl Default for Metrics {
         let events_dropped = Counter::default();
         let deadlines_armed = Gauge::default();
         let fresh_reads = Family::<KindLabel, Counter>::default();
+        let watch_errors = Family::<KindLabel, Counter>::default();
         registry.register("attempts", "Attempts started", attempts.clone());
         registry.register("outcomes", "Activities finished, by terminal phase", outcomes.clone());
         registry.register("timeouts", "Deadlines that lapsed, by timeout type", timeouts.clone());
@@ -84,6 +90,11 @@ impl Default for Metrics {
             "Objects read afresh because the cache was behind, by why: exit, timeout, finalizer or status (a write judged on the cached Activity was refused: the Activity had changed since), pod_create (a plan would create a pod without writing the status), pod (the current attempt's pod was missing from the pod cache)",
             fresh_reads.clone(),
         );
+        registry.register(
+            "watch_errors",
+            "Failures of the Activity and pod watches (an object that does not decode, a refused list), by resource",
+            watch_errors.clone(),
+        );
         Metrics {
             registry,
             attempts,
@@ -97,6 +108,7 @@ impl Default for Metrics {
             events_dropped,
             deadlines_armed,
             fresh_reads,
+            watch_errors,
         }
     }
 }
@@ -111,32 +123,20 @@ impl Metrics {
     }
 
     /// Counts what an event reason says happened.
-    pub fn count_event(&self, reason: &str) {
+    pub fn count_event(&self, reason: Reason) {
         let label = |k: &str| KindLabel { kind: k.into() };
         match reason {
-            "AttemptStarted" => {
-                self.attempts.inc();
-            }
-            "RetryScheduled" => {
-                self.retries.inc();
-            }
-            "HeartbeatTimedOut" => {
-                self.timeouts.get_or_create(&label("Heartbeat")).inc();
-            }
-            "StartToCloseTimedOut" => {
-                self.timeouts.get_or_create(&label("StartToClose")).inc();
-            }
-            "ScheduleToStartTimedOut" => {
-                self.timeouts.get_or_create(&label("ScheduleToStart")).inc();
-            }
-            "ScheduleToCloseTimedOut" => {
-                self.timeouts.get_or_create(&label("ScheduleToClose")).inc();
-            }
-            "Succeeded" | "Failed" | "TimedOut" | "Canceled" => {
-                self.outcomes.get_or_create(&label(reason)).inc();
-            }
-            _ => {}
-        }
+            Reason::AttemptStarted => self.attempts.inc(),
+            Reason::RetryScheduled => self.retries.inc(),
+            Reason::TimedOut(kind) => self.timeouts.get_or_create(&label(kind.as_str())).inc(),
+            Reason::Finished(phase) => self.outcomes.get_or_create(&label(phase.as_str())).inc(),
+            _ => return,
+        };
+    }
+
+    /// A watch stream failed (its objects could not be listed or decoded); it is restarted.
+    pub fn watch_error(&self, resource: &str) {
+        self.watch_errors.get_or_create(&KindLabel { kind: resource.into() }).inc();
     }
 
     pub fn observe_reconcile(&self, took: Duration) {

@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use activity_crds::{
-    ATTEMPT_HISTORY, Activity, ActivityStatus, AttemptRecord, FINALIZER, Failure, Phase, TimeoutType, format_duration,
+    ATTEMPT_HISTORY, Activity, ActivityStatus, AttemptRecord, FINALIZER, Failure, MAX_PAYLOAD_BYTES, Phase, RawJson,
+    TimeoutType, format_duration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -18,6 +19,7 @@ use kube::ResourceExt;
 
 use crate::config::Settings;
 use crate::pods::{Exit, PodView, WorkerState, pod_name};
+use crate::reason::Reason;
 
 /// What the controller should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,11 @@ pub enum Action {
     DeletePod {
         name: String,
     },
+    /// Stop this pod's containers but keep the pod, so its logs stay readable (SIGTERM, then
+    /// SIGKILL after its grace period): an attempt that ended while its pod still runs.
+    StopPod {
+        name: String,
+    },
     RemoveFinalizer,
     /// `ttlSecondsAfterFinished` has passed.
     DeleteActivity,
@@ -40,8 +47,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub warning: bool,
-    /// PascalCase reason, e.g. `HeartbeatTimedOut`.
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -81,14 +87,14 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
             Ok(s) => p.advance(s, deleting),
             Err(e) => {
                 let failure = p.failure("InvalidSpec", e.to_string(), true);
-                p.events.push(Event { warning: true, reason: "InvalidSpec", message: e.to_string() });
+                p.events.push(Event { warning: true, reason: Reason::InvalidSpec, message: e.to_string() });
                 p.finish(Phase::Failed, Some(failure), None);
             }
         }
     }
     p.stop_stray_pods(deleting);
     if p.phase().is_some_and(Phase::is_terminal) {
-        let live = pods.iter().any(|pod| pod.worker.is_live());
+        let live = pods.iter().any(|pod| pod.pod_live);
         if has_finalizer && !(deleting && live) {
             p.actions.push(Action::RemoveFinalizer);
         }
@@ -162,8 +168,8 @@ pub fn creates_a_pod_unguarded(activity: &Activity, plan: &Plan) -> bool {
 /// retried (the same template would be refused again).
 pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, message: String, now: Timestamp) -> Plan {
     let mut p = Planner::new(activity, &[], planned.clone(), now);
-    let failure = p.failure("PodCreationFailed", message.clone(), true);
-    p.events.push(Event { warning: true, reason: "PodCreationFailed", message });
+    let failure = p.failure(Reason::PodRejected.as_str(), message.clone(), true);
+    p.events.push(Event { warning: true, reason: Reason::PodRejected, message });
     p.record_attempt_if_live("Failed", Some(&failure));
     p.finish(Phase::Failed, Some(failure), None);
     let previous = activity.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
@@ -171,6 +177,27 @@ pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, message: Stri
     let actions =
         if activity.finalizers().iter().any(|f| f == FINALIZER) { vec![Action::RemoveFinalizer] } else { vec![] };
     Plan { status: p.status, actions, events: p.events, requeue_after: None }
+}
+
+/// How far ahead of the operator's clock a worker's heartbeat time may be.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// How long past its grace period a stopped pod may stay live before its node is taken for lost.
+pub const LOST_NODE_MARGIN: Duration = Duration::from_secs(60);
+/// The longest failure message and type the status keeps of what a worker wrote (the status also
+/// keeps the last 10 attempts' failures, and the whole object must stay far below etcd's limit).
+const MAX_MESSAGE_BYTES: usize = 2048;
+const MAX_TYPE_BYTES: usize = 128;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Waiting reasons every container passes through on a normal start.
@@ -234,8 +261,8 @@ impl<'a> Planner<'a> {
     fn failure(&self, type_: &str, message: String, non_retryable: bool) -> Failure {
         Failure {
             attempt: self.attempt(),
-            type_: type_.to_string(),
-            message,
+            type_: truncate(type_, MAX_TYPE_BYTES),
+            message: truncate(&message, MAX_MESSAGE_BYTES),
             non_retryable,
             timeout_type: None,
             exit_code: None,
@@ -266,6 +293,7 @@ impl<'a> Planner<'a> {
             None => self.start_attempt(s, 1),
             Some(Phase::BackingOff) => match self.status.next_attempt_schedule_time.as_ref().map(|t| t.0) {
                 Some(next) if self.now < next => self.deadlines.push(next),
+                _ if self.previous_attempt_still_runs() => {}
                 _ => self.start_attempt(s, self.attempt() + 1),
             },
             Some(_) if self.status.attempt.is_none() => self.start_attempt(s, 1),
@@ -285,12 +313,11 @@ impl<'a> Planner<'a> {
         self.status.scheduled_time = Some(time(self.now));
         self.status.started_time = None;
         self.status.next_attempt_schedule_time = None;
+        // An outcome is only ever the current attempt's: one left from an earlier attempt (or
+        // written for an attempt that had not started) must not judge this one.
+        self.status.outcome = None;
+        // The AttemptStarted Event is the controller's, once the API server has created the pod.
         self.actions.push(Action::CreatePod { attempt });
-        self.events.push(Event {
-            warning: false,
-            reason: "AttemptStarted",
-            message: format!("attempt {attempt}: created pod {pod}"),
-        });
         if let Some(limit) = s.schedule_to_start {
             self.deadlines.push(add(self.now, limit));
         }
@@ -299,6 +326,9 @@ impl<'a> Planner<'a> {
     /// Pending or Running: judge the current attempt from the worker's outcome, its pod and the deadlines.
     fn check_attempt(&mut self, s: &Settings) {
         let attempt = self.attempt();
+        if let Some(failure) = self.oversized_payload() {
+            return self.fail_attempt(s, failure);
+        }
         if let Some(outcome) = self.status.outcome.clone().filter(|o| o.attempt == attempt) {
             if outcome.succeeded {
                 self.record_attempt_if_live("Succeeded", None);
@@ -406,7 +436,7 @@ impl<'a> Planner<'a> {
         }
         self.deadlines.push(start_to_close);
         if let Some(limit) = s.heartbeat {
-            let last = self.status.last_heartbeat_time.as_ref().map(|t| t.0).filter(|t| *t > started);
+            let last = self.heartbeat_since(started);
             let deadline = add(last.unwrap_or(started), limit);
             if self.now >= deadline {
                 let since = if last.is_some() { "the last heartbeat" } else { "the worker started (no heartbeat yet)" };
@@ -463,20 +493,11 @@ impl<'a> Planner<'a> {
         let timed_out = failure.timeout_type.is_some();
         let outcome = if timed_out { "TimedOut" } else { "Failed" };
         if let Some(kind) = failure.timeout_type {
-            self.events.push(Event {
-                warning: true,
-                reason: match kind {
-                    TimeoutType::Heartbeat => "HeartbeatTimedOut",
-                    TimeoutType::StartToClose => "StartToCloseTimedOut",
-                    TimeoutType::ScheduleToStart => "ScheduleToStartTimedOut",
-                    TimeoutType::ScheduleToClose => "ScheduleToCloseTimedOut",
-                },
-                message: failure.message.clone(),
-            });
+            self.events.push(Event { warning: true, reason: Reason::TimedOut(kind), message: failure.message.clone() });
         } else {
             self.events.push(Event {
                 warning: true,
-                reason: "AttemptFailed",
+                reason: Reason::AttemptFailed,
                 message: format!("{}: {}", failure.type_, failure.message),
             });
         }
@@ -507,7 +528,7 @@ impl<'a> Planner<'a> {
                 );
                 self.events.push(Event {
                     warning: true,
-                    reason: "ScheduleToCloseTimedOut",
+                    reason: Reason::TimedOut(TimeoutType::ScheduleToClose),
                     message: stop.message.clone(),
                 });
                 return self.finish(Phase::TimedOut, Some(stop), None);
@@ -519,7 +540,7 @@ impl<'a> Planner<'a> {
         self.deadlines.push(next);
         self.events.push(Event {
             warning: false,
-            reason: "RetryScheduled",
+            reason: Reason::RetryScheduled,
             message: format!("attempt {} starts in {}", attempt + 1, format_duration(delay)),
         });
     }
@@ -532,7 +553,7 @@ impl<'a> Planner<'a> {
                 if self.activity.metadata.deletion_timestamp.is_some() { "deleted" } else { "spec.cancelRequested" };
             self.events.push(Event {
                 warning: false,
-                reason: "CancelRequested",
+                reason: Reason::CancelRequested,
                 message: format!("cancel requested ({how})"),
             });
         }
@@ -558,7 +579,7 @@ impl<'a> Planner<'a> {
             if let Some(pod) = pod.filter(|p| !p.deleting) {
                 self.events.push(Event {
                     warning: true,
-                    reason: "CancellationGraceExpired",
+                    reason: Reason::CancellationGraceExpired,
                     message: format!(
                         "the worker did not stop within cancellationGracePeriod {}: deleting pod {}",
                         format_duration(s.cancellation_grace),
@@ -572,22 +593,79 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Deletes every live pod that is not the current attempt's running worker.
+    /// Stops every live pod that is not the current attempt's running worker. Pods are deleted only
+    /// when the activity is: a stopped pod keeps its logs for `kubectl logs` until then.
     fn stop_stray_pods(&mut self, deleting: bool) {
+        // A canceled activity's pods go, as `kubectl delete` of the activity would take them.
+        let canceled = deleting
+            || self.activity.spec.cancel_requested
+            || matches!(self.phase(), Some(Phase::Canceling | Phase::Canceled));
         let live_phase = matches!(self.phase(), Some(Phase::Pending | Phase::Running | Phase::Canceling));
         let reported = self.status.outcome.as_ref().map(|o| o.attempt);
         for pod in self.pods {
-            if !pod.worker.is_live() || pod.deleting {
+            if !pod.pod_live || pod.deleting {
                 continue;
             }
             let current = live_phase && self.status.pod_name.as_deref() == Some(pod.name.as_str());
             // A worker that reported its outcome is exiting by itself; leave it unless deleting.
-            let exiting = pod.attempt.is_some() && pod.attempt == reported && !deleting;
-            let action = Action::DeletePod { name: pod.name.clone() };
-            if !current && !exiting && !self.actions.contains(&action) {
+            let exiting = pod.worker.is_live() && pod.attempt.is_some() && pod.attempt == reported && !deleting;
+            if current || exiting {
+                continue;
+            }
+            let action = if canceled {
+                Action::DeletePod { name: pod.name.clone() }
+            } else if pod.stop_by.is_none() {
+                Action::StopPod { name: pod.name.clone() }
+            } else {
+                continue;
+            };
+            if !self.actions.contains(&action) && !self.actions.contains(&Action::DeletePod { name: pod.name.clone() })
+            {
                 self.actions.push(action);
             }
         }
+    }
+
+    /// Whether a pod of an earlier attempt still runs, so the next attempt must wait for it: at
+    /// most one attempt's worker is ever live. A pod asked to stop that is still live well past its
+    /// grace period is on a node that no longer answers; it does not hold the next attempt back.
+    fn previous_attempt_still_runs(&mut self) -> bool {
+        let mut waits = false;
+        for pod in self.pods.iter().filter(|p| p.pod_live) {
+            match pod.stop_by.map(|t| add(t, LOST_NODE_MARGIN)) {
+                Some(given_up) if self.now >= given_up => {}
+                Some(given_up) => {
+                    self.deadlines.push(given_up);
+                    waits = true;
+                }
+                None => waits = true,
+            }
+        }
+        waits
+    }
+
+    /// The last heartbeat of the attempt that started at `started`. A heartbeat time is the
+    /// worker's clock: one later than the operator's clock plus [`MAX_CLOCK_SKEW`] is not believed
+    /// (it would hold the heartbeat deadline off, for this attempt and the next ones).
+    fn heartbeat_since(&self, started: Timestamp) -> Option<Timestamp> {
+        let latest = add(self.now, MAX_CLOCK_SKEW);
+        self.status.last_heartbeat_time.as_ref().map(|t| t.0).filter(|t| *t > started && *t <= latest)
+    }
+
+    /// A failure when the worker wrote heartbeat details or a result over the payload limit: the
+    /// operator could not copy such a result into the status (etcd refuses the object), and the
+    /// next attempt would start from such details. Not retried: the same worker would do it again.
+    fn oversized_payload(&self) -> Option<Failure> {
+        let attempt = self.attempt();
+        let result = self.status.outcome.as_ref().filter(|o| o.attempt == attempt).and_then(|o| o.result.as_ref());
+        let (what, size) =
+            [("status.heartbeatDetails", self.status.heartbeat_details.as_ref()), ("the result", result)]
+                .into_iter()
+                .find_map(|(what, json)| json.map(RawJson::len).filter(|n| *n > MAX_PAYLOAD_BYTES).map(|n| (what, n)))?;
+        let message = format!(
+            "attempt {attempt}: the worker wrote {what} of {size} bytes; at most {MAX_PAYLOAD_BYTES} are accepted"
+        );
+        Some(self.failure(Reason::PayloadTooLarge.as_str(), message, true))
     }
 
     /// Appends the current attempt to the history, once.
@@ -610,7 +688,7 @@ impl<'a> Planner<'a> {
         self.status.attempts.drain(..excess);
     }
 
-    fn finish(&mut self, phase: Phase, failure: Option<Failure>, result: Option<serde_json::Value>) {
+    fn finish(&mut self, phase: Phase, failure: Option<Failure>, result: Option<RawJson>) {
         self.status.phase = Some(phase);
         self.status.closed_time = Some(time(self.now));
         self.status.next_attempt_schedule_time = None;
@@ -626,7 +704,7 @@ impl<'a> Planner<'a> {
         };
         self.events.push(Event {
             warning: matches!(phase, Phase::Failed | Phase::TimedOut),
-            reason: phase.as_str(),
+            reason: Reason::Finished(phase),
             message,
         });
     }
@@ -668,6 +746,9 @@ fn conditions(
             finished_message,
         ),
     ];
+    let managed = wanted.iter().map(|(type_, ..)| *type_).collect::<Vec<_>>();
+    // Conditions the planner does not manage (`Stalled`, set and cleared by the controller) stay.
+    let others = previous.iter().filter(|c| !managed.contains(&c.type_.as_str())).cloned().collect::<Vec<_>>();
     wanted
         .into_iter()
         .map(|(type_, state, message)| {
@@ -685,6 +766,7 @@ fn conditions(
                 observed_generation: status.observed_generation,
             }
         })
+        .chain(others)
         .collect()
 }
 

@@ -36,6 +36,8 @@ fn waiting(attempt: i32, reason: Option<&str>) -> PodView {
         name: format!("job-{attempt}"),
         attempt: Some(attempt),
         deleting: false,
+        pod_live: true,
+        stop_by: None,
         worker: WorkerState::Waiting { reason: reason.map(String::from), message: None },
     }
 }
@@ -45,6 +47,8 @@ fn running(attempt: i32, started_ms: i64) -> PodView {
         name: format!("job-{attempt}"),
         attempt: Some(attempt),
         deleting: false,
+        pod_live: true,
+        stop_by: None,
         worker: WorkerState::Running { started_at: Some(at(started_ms)) },
     }
 }
@@ -54,6 +58,8 @@ fn exited(attempt: i32, code: Option<i32>, reason: &str, disrupted: bool) -> Pod
         name: format!("job-{attempt}"),
         attempt: Some(attempt),
         deleting: false,
+        pod_live: false,
+        stop_by: None,
         worker: WorkerState::Exited(Exit {
             exit_code: code,
             reason: Some(reason.into()),
@@ -84,7 +90,11 @@ fn running_activity(mut a: Activity, n: i32, started_ms: i64) -> Activity {
 }
 
 fn reasons(plan: &Plan) -> Vec<&'static str> {
-    plan.events.iter().map(|e| e.reason).collect()
+    plan.events.iter().map(|e| e.reason.as_str()).collect()
+}
+
+fn raw(value: serde_json::Value) -> RawJson {
+    RawJson::from_value(&value).unwrap()
 }
 
 #[test]
@@ -98,7 +108,7 @@ fn a_new_activity_gets_its_finalizer_and_first_pod_recorded() {
     assert_eq!(p.status.pod_name.as_deref(), Some("job-1"));
     assert_eq!(p.status.scheduled_time, Some(MicroTime(at(100))));
     assert_eq!(p.status.observed_generation, Some(1));
-    assert_eq!(reasons(&p), vec!["AttemptStarted"]);
+    assert!(reasons(&p).is_empty(), "AttemptStarted is the controller's, once the pod exists: {:?}", reasons(&p));
     assert_eq!(p.requeue_after, None, "no deadline before the worker starts without scheduleToStart");
 }
 
@@ -134,12 +144,12 @@ fn a_heartbeat_changes_no_operator_field() {
     let before = a.status.clone().unwrap();
     let status = a.status.as_mut().unwrap();
     status.last_heartbeat_time = Some(MicroTime(at(4_000)));
-    status.heartbeat_details = Some(json!({"lastItem": 3}));
+    status.heartbeat_details = Some(raw(json!({"lastItem": 3})));
     let p = plan(&a, &[running(1, 0)], at(4_010));
     assert!(p.actions.is_empty() && p.events.is_empty());
     let mut expected = before;
     expected.last_heartbeat_time = Some(MicroTime(at(4_000)));
-    expected.heartbeat_details = Some(json!({"lastItem": 3}));
+    expected.heartbeat_details = Some(raw(json!({"lastItem": 3})));
     assert_eq!(p.status, expected, "only the worker's fields differ, so the operator writes nothing");
     // the heartbeat moved the deadline: 4 s + 5 s
     assert_eq!(p.requeue_after, Some(Duration::from_millis(4_991)));
@@ -172,7 +182,7 @@ fn deadlines_are_never_enforced_early_and_enforced_at_the_instant() {
         assert_eq!(got, expected, "{case}");
         if expected.is_some() {
             assert_eq!(p.status.phase, Some(Phase::BackingOff), "{case}");
-            assert!(p.has(&Action::DeletePod { name: "job-1".into() }), "{case}: the hung worker is stopped");
+            assert!(p.has(&Action::StopPod { name: "job-1".into() }), "{case}: the hung worker is stopped");
         } else {
             assert_eq!(p.status.phase, Some(Phase::Running), "{case}");
         }
@@ -255,10 +265,17 @@ fn with_outcome(mut a: Activity, outcome: Outcome) -> Activity {
 
 #[test]
 fn the_workers_outcome_decides() {
-    let ok = Outcome { attempt: 1, succeeded: true, result: Some(json!({"n": 10})), failure: None, canceled: false };
+    let ok = Outcome {
+        attempt: 1,
+        succeeded: true,
+        result: Some(raw(json!({"n": 10}))),
+        failure: None,
+        canceled: false,
+        cause: None,
+    };
     let p = plan(&with_outcome(running_activity(seed(), 1, 1_000), ok.clone()), &[running(1, 0)], at(2_000));
     assert_eq!(p.status.phase, Some(Phase::Succeeded));
-    assert_eq!(p.status.result, Some(json!({"n": 10})));
+    assert_eq!(p.status.result, Some(raw(json!({"n": 10}))));
     assert_eq!(p.status.closed_time, Some(MicroTime(at(2_000))));
     assert_eq!(p.actions, vec![Action::RemoveFinalizer], "a worker that reported is left to exit");
     assert_eq!(reasons(&p), vec!["Succeeded"]);
@@ -275,8 +292,14 @@ fn the_workers_outcome_decides() {
         attempt: 1,
         succeeded: false,
         result: None,
-        failure: Some(WorkerFailure { type_: type_.into(), message: "boom".into(), non_retryable }),
+        failure: Some(WorkerFailure {
+            type_: type_.into(),
+            message: "boom".into(),
+            non_retryable,
+            next_retry_delay: None,
+        }),
         canceled: false,
+        cause: None,
     };
     let mut listed = seed();
     listed.spec.retry_policy.as_mut().unwrap().non_retryable_error_types = vec!["BadInput".into()];
@@ -310,7 +333,7 @@ fn schedule_to_start_lapses_on_an_image_that_never_pulls() {
     let f = p.status.last_failure.clone().unwrap();
     assert_eq!((f.timeout_type, f.non_retryable), (Some(TimeoutType::ScheduleToStart), true));
     assert!(f.message.contains("ImagePullBackOff"), "{}", f.message);
-    assert!(p.has(&Action::DeletePod { name: "job-1".into() }));
+    assert!(p.has(&Action::StopPod { name: "job-1".into() }));
     assert!(p.has(&Action::RemoveFinalizer));
 }
 
@@ -346,7 +369,7 @@ fn schedule_to_close_ends_retries_and_running_attempts() {
     let p = plan(&running_activity(activity(spec), 2, 15_000), &[running(2, 14_000)], at(20_000));
     assert_eq!(p.status.phase, Some(Phase::TimedOut));
     assert_eq!(p.status.last_failure.clone().unwrap().timeout_type, Some(TimeoutType::ScheduleToClose));
-    assert!(p.has(&Action::DeletePod { name: "job-2".into() }));
+    assert!(p.has(&Action::StopPod { name: "job-2".into() }));
 }
 
 #[test]
@@ -433,21 +456,40 @@ fn a_deleted_running_activity_keeps_its_finalizer_until_the_worker_is_gone() {
 
 #[test]
 fn a_completion_that_beats_the_cancel_stands() {
-    let ok = Outcome { attempt: 1, succeeded: true, result: Some(json!(7)), failure: None, canceled: false };
+    let ok = Outcome {
+        attempt: 1,
+        succeeded: true,
+        result: Some(raw(json!(7))),
+        failure: None,
+        canceled: false,
+        cause: None,
+    };
     let a = with_outcome(cancel_requested(running_activity(seed(), 1, 1_000)), ok);
     let p = plan(&a, &[running(1, 0)], at(2_000));
-    assert_eq!((p.status.phase, p.status.result), (Some(Phase::Succeeded), Some(json!(7))));
+    assert_eq!((p.status.phase, p.status.result), (Some(Phase::Succeeded), Some(raw(json!(7)))));
 }
 
 #[test]
 fn stray_pods_of_older_attempts_are_stopped() {
     let a = running_activity(seed(), 2, 1_000);
     let p = plan(&a, &[running(1, 0), running(2, 500)], at(2_000));
-    assert_eq!(p.actions, vec![Action::DeletePod { name: "job-1".into() }]);
+    assert_eq!(p.actions, vec![Action::StopPod { name: "job-1".into() }], "stopped, not deleted: its logs stay");
     let mut deleting = running(1, 0);
     deleting.deleting = true;
     let p = plan(&a, &[deleting, running(2, 500)], at(2_000));
     assert!(p.actions.is_empty(), "a pod already being deleted is not deleted again");
+    let mut stopped = running(1, 0);
+    stopped.stop_by = Some(at(1_500));
+    let p = plan(&a, &[stopped, running(2, 500)], at(2_000));
+    assert!(p.actions.is_empty(), "a pod already stopped is not stopped again");
+    // The pod of a finished attempt whose sidecars still run is stopped too.
+    let mut sidecars = exited(1, Some(0), "Completed", false);
+    sidecars.pod_live = true;
+    let p = plan(&a, &[sidecars, running(2, 500)], at(2_000));
+    assert_eq!(p.actions, vec![Action::StopPod { name: "job-1".into() }]);
+    // Deleting the activity deletes its pods.
+    let p = plan(&deleted(a), &[running(1, 0), running(2, 500)], at(2_000));
+    assert!(p.has(&Action::DeletePod { name: "job-1".into() }));
 }
 
 #[test]
@@ -476,7 +518,7 @@ fn an_invalid_spec_fails_once_with_the_field_named() {
     let f = p.status.last_failure.clone().unwrap();
     assert_eq!((f.type_.as_str(), f.non_retryable), ("InvalidSpec", true));
     assert!(f.message.contains("spec.startToCloseTimeout"), "{}", f.message);
-    assert!(p.events.iter().any(|e| e.warning && e.reason == "InvalidSpec"));
+    assert!(p.events.iter().any(|e| e.warning && e.reason == Reason::InvalidSpec));
     let again = plan(&applied(a, &p), &[], at(1_000));
     assert!(again.events.is_empty(), "no hot loop: a failed activity stays failed");
     assert!(!again.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })));
@@ -530,9 +572,9 @@ fn a_pod_the_api_server_refuses_fails_the_activity_once() {
     );
     assert_eq!(p.status.phase, Some(Phase::Failed));
     let f = p.status.last_failure.clone().unwrap();
-    assert_eq!((f.type_.as_str(), f.non_retryable, f.attempt), ("PodCreationFailed", true, 1));
+    assert_eq!((f.type_.as_str(), f.non_retryable, f.attempt), ("PodRejected", true, 1));
     assert!(f.message.contains("spec.containers[0].image"), "{}", f.message);
-    assert_eq!(reasons(&p), vec!["PodCreationFailed", "Failed"]);
+    assert_eq!(reasons(&p), vec!["PodRejected", "Failed"]);
     assert!(p.events[0].warning);
     let again = plan(&applied(a, &p), &[], at(20));
     assert!(!again.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })), "no hot loop");
@@ -551,7 +593,7 @@ fn an_exit_without_an_outcome_is_recognised() {
     let a = running_activity(seed(), 1, 1_000);
     assert!(exit_without_outcome(&a, &[exited(1, Some(0), "Completed", false)]));
     assert!(!exit_without_outcome(&a, &[running(1, 0)]), "still running");
-    let ok = Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false };
+    let ok = Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false, cause: None };
     assert!(!exit_without_outcome(&with_outcome(a.clone(), ok), &[exited(1, Some(0), "Completed", false)]));
     let mut done = a;
     done.status.as_mut().unwrap().phase = Some(Phase::Succeeded);
@@ -591,7 +633,7 @@ fn a_pod_missing_from_the_cache_is_read_before_the_attempt_is_judged_on_its_abse
     assert_eq!(pod_to_confirm(&a, &[running(2, 0)]), Some("job-1".into()), "another attempt's pod is not it");
     // Without the read, the planner would fail the attempt as PodDeleted.
     assert_eq!(plan(&a, &[], at(2_000)).status.last_failure.map(|f| f.type_), Some("PodDeleted".into()));
-    let ok = Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false };
+    let ok = Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false, cause: None };
     assert_eq!(pod_to_confirm(&with_outcome(a.clone(), ok), &[]), None, "the outcome decides, not the pod");
     for phase in [Phase::BackingOff, Phase::Succeeded, Phase::Failed, Phase::TimedOut, Phase::Canceled] {
         let mut done = a.clone();
@@ -624,4 +666,122 @@ fn a_plan_that_creates_a_pod_and_writes_nothing_is_recognised() {
     // Running with its pod: nothing to create.
     let a = running_activity(seed(), 1, 1_000);
     assert!(!creates_a_pod_unguarded(&a, &plan(&a, &[running(1, 0)], at(2_000))));
+}
+
+fn outcome(attempt: i32, succeeded: bool) -> Outcome {
+    Outcome { attempt, succeeded, result: None, failure: None, canceled: false, cause: None }
+}
+
+/// A worker of attempt 1 wrote an outcome for attempt 2 (the next one) while attempt 1 ran.
+#[test]
+fn an_outcome_written_for_a_later_attempt_never_judges_it() {
+    let mut a = running_activity(seed(), 1, 1_000);
+    a.status.as_mut().unwrap().outcome = Some(Outcome { result: Some(raw(json!("forged"))), ..outcome(2, true) });
+    // Attempt 1 times out on its heartbeat; the forged outcome is not attempt 1's.
+    let p = plan(&a, &[running(1, 0)], at(6_000));
+    assert_eq!(p.status.phase, Some(Phase::BackingOff));
+    // Attempt 2 starts with the outcome cleared, so it cannot be taken for attempt 2's.
+    let backing_off = applied(a, &p);
+    let p = plan(&backing_off, &[exited(1, Some(143), "Error", false)], at(7_000));
+    assert_eq!((p.status.phase, p.status.attempt), (Some(Phase::Pending), Some(2)));
+    assert_eq!(p.status.outcome, None, "a new attempt starts without an outcome");
+    let started = applied(backing_off, &p);
+    let p = plan(&started, &[running(2, 7_100)], at(8_000));
+    assert_eq!(p.status.phase, Some(Phase::Running));
+    assert_eq!(p.status.result, None);
+}
+
+#[test]
+fn a_heartbeat_time_ahead_of_the_operators_clock_is_not_believed() {
+    let mut a = running_activity(seed(), 1, 1_000);
+    // Written by a worker whose clock (or intent) puts it a year ahead.
+    a.status.as_mut().unwrap().last_heartbeat_time = Some(MicroTime(at(365 * 24 * 3600 * 1000)));
+    let p = plan(&a, &[running(1, 0)], at(6_000));
+    assert_eq!(p.status.last_failure.and_then(|f| f.timeout_type), Some(TimeoutType::Heartbeat));
+    // Within the allowed skew it counts.
+    let mut a = running_activity(seed(), 1, 1_000);
+    a.status.as_mut().unwrap().last_heartbeat_time = Some(MicroTime(at(9_000)));
+    let p = plan(&a, &[running(1, 0)], at(6_000));
+    assert_eq!(p.status.phase, Some(Phase::Running), "4 s ahead is within MAX_CLOCK_SKEW");
+    // And it never carries into the next attempt.
+    let mut next = running_activity(seed(), 2, 20_000);
+    next.status.as_mut().unwrap().last_heartbeat_time = Some(MicroTime(at(365 * 24 * 3600 * 1000)));
+    let p = plan(&next, &[running(2, 19_000)], at(25_000));
+    assert_eq!(p.status.last_failure.and_then(|f| f.timeout_type), Some(TimeoutType::Heartbeat));
+}
+
+#[test]
+fn payloads_over_the_limit_fail_the_attempt_for_good() {
+    let big = raw(json!("x".repeat(MAX_PAYLOAD_BYTES)));
+    let mut a = running_activity(seed(), 1, 1_000);
+    a.status.as_mut().unwrap().outcome = Some(Outcome { result: Some(big.clone()), ..outcome(1, true) });
+    let p = plan(&a, &[running(1, 0)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert_eq!(p.status.result, None, "the oversized result is not copied");
+    let f = p.status.last_failure.unwrap();
+    assert_eq!((f.type_.as_str(), f.non_retryable), ("PayloadTooLarge", true));
+    assert!(f.message.contains("the result of"), "{}", f.message);
+    let mut a = running_activity(seed(), 1, 1_000);
+    a.status.as_mut().unwrap().heartbeat_details = Some(big);
+    let p = plan(&a, &[running(1, 0)], at(2_000));
+    let f = p.status.last_failure.unwrap();
+    assert_eq!((p.status.phase, f.type_.as_str()), (Some(Phase::Failed), "PayloadTooLarge"));
+    assert!(f.message.contains("status.heartbeatDetails"), "{}", f.message);
+}
+
+#[test]
+fn a_worker_failure_message_is_kept_short() {
+    let mut a = running_activity(seed(), 1, 1_000);
+    let failure = WorkerFailure { type_: "T".repeat(1000), message: "é".repeat(100_000), ..Default::default() };
+    a.status.as_mut().unwrap().outcome = Some(Outcome { failure: Some(failure), ..outcome(1, false) });
+    let p = plan(&a, &[running(1, 0)], at(2_000));
+    let f = p.status.last_failure.unwrap();
+    assert!(f.message.len() <= MAX_MESSAGE_BYTES && f.message.ends_with('…'), "{}", f.message.len());
+    assert!(f.type_.len() <= MAX_TYPE_BYTES);
+}
+
+#[test]
+fn the_next_attempt_waits_until_the_last_ones_pod_has_stopped() {
+    let mut a = seed();
+    a.status = Some(ActivityStatus {
+        phase: Some(Phase::BackingOff),
+        attempt: Some(1),
+        pod_name: Some("job-1".into()),
+        next_attempt_schedule_time: Some(MicroTime(at(5_000))),
+        ..ActivityStatus::default()
+    });
+    // The timed-out worker ignores SIGTERM: its pod was stopped at 4 s with a 30 s grace period.
+    let mut hung = running(1, 0);
+    hung.stop_by = Some(at(34_000));
+    let p = plan(&a, &[hung.clone()], at(6_000));
+    assert_eq!(p.status.phase, Some(Phase::BackingOff), "no second live attempt");
+    assert!(!p.actions.iter().any(|x| matches!(x, Action::CreatePod { .. })));
+    let given_up = add(at(34_000), LOST_NODE_MARGIN);
+    assert_eq!(p.requeue_after, Some(given_up.duration_since(at(6_000)).unsigned_abs() + Duration::from_millis(1)));
+    // Gone: attempt 2 starts.
+    let p = plan(&a, &[exited(1, Some(137), "Error", false)], at(36_000));
+    assert!(p.has(&Action::CreatePod { attempt: 2 }));
+    // A pod that never stops (its node is lost) holds the next attempt back only so long.
+    let p = plan(&a, &[hung.clone()], given_up);
+    assert!(p.has(&Action::CreatePod { attempt: 2 }));
+    // A pod not stopped yet is stopped and waited for.
+    let p = plan(&a, &[running(1, 0)], at(6_000));
+    assert!(p.has(&Action::StopPod { name: "job-1".into() }) && !p.has(&Action::CreatePod { attempt: 2 }));
+}
+
+#[test]
+fn conditions_the_planner_does_not_manage_are_kept() {
+    let mut a = running_activity(seed(), 1, 1_000);
+    let stalled = Condition {
+        type_: "Stalled".into(),
+        status: "True".into(),
+        reason: "Forbidden".into(),
+        message: "m".into(),
+        last_transition_time: Time(at(0)),
+        observed_generation: Some(1),
+    };
+    a.status.as_mut().unwrap().conditions = vec![stalled.clone()];
+    let p = plan(&a, &[running(1, 0)], at(2_000));
+    assert!(p.status.conditions.contains(&stalled), "{:?}", p.status.conditions);
+    assert_eq!(p.status.conditions.len(), 4);
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use activity_crds::{Activity, ENV_ATTEMPT, ENV_NAME, ENV_NAMESPACE, LABEL_ACTIVITY, LABEL_ATTEMPT};
 use k8s_openapi::api::core::v1::{Container, ContainerState, EnvVar, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
@@ -100,6 +100,12 @@ pub struct PodView {
     pub attempt: Option<i32>,
     /// The pod has a deletionTimestamp.
     pub deleting: bool,
+    /// Some container of the pod may still run (the pod has not reached Succeeded or Failed, and
+    /// either the worker or another container has not exited).
+    pub pod_live: bool,
+    /// When the pod was asked to stop (deleted, or stopped by the operator), plus its grace
+    /// period: by then its containers should be gone.
+    pub stop_by: Option<Timestamp>,
     pub worker: WorkerState,
 }
 
@@ -147,8 +153,17 @@ pub struct WorkerPod {
     pub metadata: ObjectMeta,
     /// The attempt label (`heartbeat.dev/attempt`), if it reads as a number.
     pub attempt: Option<i32>,
+    /// When the operator stopped the pod (annotation [`STOPPED_AT`]).
+    pub stopped_at: Option<Timestamp>,
+    /// `spec.terminationGracePeriodSeconds`.
+    pub grace_seconds: Option<i64>,
     pub status: WorkerPodStatus,
 }
+
+/// Annotation the operator sets, with the time, when it stops a pod without deleting it.
+pub const STOPPED_AT: &str = "heartbeat.dev/stopped-at";
+/// The kubelet's default grace period.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
 
 #[derive(Clone, Debug, Default)]
 pub struct WorkerPodStatus {
@@ -159,6 +174,8 @@ pub struct WorkerPodStatus {
     pub disruption_target: bool,
     /// The state of the worker: the first container of the pod's spec.
     pub worker: Option<ContainerState>,
+    /// Another container (a sidecar) is running.
+    pub others_running: bool,
 }
 
 /// A pod as the API server sends it, as far as [`WorkerPod`] reads it.
@@ -180,6 +197,14 @@ struct PodMetadata {
     deletion_timestamp: Option<Time>,
     owner_references: Option<Vec<OwnerReference>>,
     labels: Option<AttemptLabel>,
+    annotations: Option<StoppedAnnotation>,
+}
+
+/// Of a pod's annotations, [`STOPPED_AT`]; the others are skipped.
+#[derive(Default, Deserialize)]
+struct StoppedAnnotation {
+    #[serde(rename = "heartbeat.dev/stopped-at")]
+    stopped_at: Option<String>,
 }
 
 /// Of a pod's labels, the attempt; the others are skipped.
@@ -191,9 +216,11 @@ struct AttemptLabel {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PodSpecNames {
     #[serde(default)]
     containers: Vec<Named>,
+    termination_grace_period_seconds: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -236,10 +263,14 @@ impl From<PodDocument> for WorkerPod {
             owner_references: m.owner_references,
             ..ObjectMeta::default()
         };
+        let grace_seconds = doc.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
         let worker_name = doc.spec.and_then(|s| s.containers.into_iter().next()).map(|c| c.name);
         let status = doc
             .status
             .map(|s| WorkerPodStatus {
+                others_running: s.container_statuses.iter().flatten().any(|c| {
+                    Some(&c.name) != worker_name.as_ref() && c.state.as_ref().is_some_and(|s| s.running.is_some())
+                }),
                 disruption_target: s
                     .conditions
                     .iter()
@@ -256,7 +287,13 @@ impl From<PodDocument> for WorkerPod {
                 message: s.message,
             })
             .unwrap_or_default();
-        WorkerPod { metadata, attempt: m.labels.and_then(|l| l.attempt?.parse().ok()), status }
+        WorkerPod {
+            metadata,
+            attempt: m.labels.and_then(|l| l.attempt?.parse().ok()),
+            stopped_at: m.annotations.and_then(|a| a.stopped_at?.parse().ok()),
+            grace_seconds,
+            status,
+        }
     }
 }
 
@@ -288,6 +325,8 @@ impl PodView {
             name,
             attempt: Some(attempt),
             deleting: false,
+            pod_live: true,
+            stop_by: None,
             worker: WorkerState::Waiting { reason: None, message: None },
         }
     }
@@ -320,10 +359,14 @@ impl PodView {
             let waiting = state.waiting.unwrap_or_default();
             WorkerState::Waiting { reason: waiting.reason, message: waiting.message }
         };
+        let grace = pod.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS).max(0);
+        let stopped_by = pod.stopped_at.and_then(|t| t.checked_add(SignedDuration::from_secs(grace)).ok());
         PodView {
             name: pod.name_any(),
             attempt: pod.attempt,
             deleting: pod.metadata.deletion_timestamp.is_some(),
+            pod_live: !pod_done && (worker.is_live() || status.others_running),
+            stop_by: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0).or(stopped_by),
             worker,
         }
     }

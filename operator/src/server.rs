@@ -1,7 +1,6 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process runs), `/readyz`
 //! (the API server answered and the operator is either leading with synced caches or standing by).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,9 +35,9 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     }
 }
 
-/// Serves the endpoints on `addr` until `shutdown` resolves.
+/// Serves the endpoints on `listener` until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     health: Health,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -47,6 +46,5 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(health);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

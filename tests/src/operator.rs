@@ -1,5 +1,6 @@
 //! Running the operator for one test: the workspace's `activity-operator` binary as a host
-//! process, watching only the test's namespace, so tests never share an operator.
+//! process, watching only the test's namespace, so tests never share an operator, under the
+//! chart's own service account and Role.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::{kubeconfig_path, kubectl, local_dir, repo_root, wait_for};
+use crate::{kubectl, local_dir, repo_root, wait_for};
 
 /// Directory of the workspace's own debug binaries (`activity-operator`, `activity-worker`), the
 /// ones the process node runs too: `$ACTIVITY_BIN_DIR`, else `$CARGO_TARGET_DIR/debug`, else
@@ -45,6 +46,55 @@ pub fn worker_rbac(ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Service account of the operator, as the chart names it for release `activity-operator`.
+pub const OPERATOR_ACCOUNT: &str = "activity-operator";
+
+/// The operator's identity in `ns` exactly as the chart installs it: the chart's service account,
+/// Role and RoleBinding (rendered with `watchNamespaces={ns}`) applied in `ns`, and a kubeconfig
+/// that authenticates with a token of that account. Tests run the operator with it, so a call the
+/// chart's RBAC does not allow fails in the tests as it would for users.
+pub fn chart_kubeconfig(ns: &str) -> anyhow::Result<PathBuf> {
+    let rendered = crate::tool(
+        "helm",
+        &[
+            "template",
+            "activity-operator",
+            "charts/activity-operator",
+            "--namespace",
+            ns,
+            "--set",
+            &format!("watchNamespaces={{{ns}}}"),
+            "--set",
+            "leaderElection.enabled=false",
+            "--set",
+            "replicaCount=1",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+        ],
+    )?;
+    if !rendered.status.success() {
+        bail!("helm template: {}", String::from_utf8_lossy(&rendered.stderr));
+    }
+    let manifest = crate::TempFile::write("chart-rbac", &String::from_utf8_lossy(&rendered.stdout))?;
+    kubectl(&["apply", "-n", ns, "-f", manifest.path()?])?;
+    let token = kubectl(&["create", "token", OPERATOR_ACCOUNT, "-n", ns, "--duration=4h"])?;
+    let admin: serde_json::Value =
+        serde_json::from_str(&kubectl(&["config", "view", "--raw", "--minify", "-o", "json"])?)?;
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator", "namespace": ns}}],
+    });
+    let path = local_dir().join("logs").join(format!("test-operator-{ns}.kubeconfig"));
+    std::fs::create_dir_all(local_dir().join("logs"))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&kubeconfig)?)?;
+    Ok(path)
+}
+
 /// A running operator scoped to one namespace; killed on drop.
 pub struct Operator {
     child: Child,
@@ -73,6 +123,7 @@ impl Operator {
         std::fs::create_dir_all(&logs)?;
         let log = logs.join(format!("test-operator-{ns}.log"));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let kubeconfig = chart_kubeconfig(ns)?;
         let child = Command::new(&exe)
             .args(["--namespace", ns, "--metrics-bind-address", &format!("127.0.0.1:{port}")])
             .args(
@@ -82,7 +133,7 @@ impl Operator {
                     .flatten(),
             )
             .args(&args)
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

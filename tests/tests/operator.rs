@@ -367,7 +367,10 @@ async fn successful_outcome_carries_the_result_and_details_survive_retries() {
     let a = s
         .wait("ok", 30, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running))
         .await;
-    assert_eq!(status(&a).heartbeat_details, Some(json!({"offset": 41, "progress": "41/100"})));
+    assert_eq!(
+        status(&a).heartbeat_details.and_then(|d| d.to_value().ok()),
+        Some(json!({"offset": 41, "progress": "41/100"}))
+    );
     let table = kubectl(&["get", "act", "ok", "-n", &s.ns.name]).expect("kubectl get act");
     assert!(table.contains("41/100") && table.contains("Running"), "{table}");
     s.worker_patch(
@@ -381,7 +384,7 @@ async fn successful_outcome_carries_the_result_and_details_survive_retries() {
     .expect("outcome");
     let a = s.wait_phase("ok", Phase::Succeeded, 30).await;
     let st = status(&a);
-    assert_eq!(st.result, Some(json!({"offset": 100})));
+    assert_eq!(st.result.and_then(|d| d.to_value().ok()), Some(json!({"offset": 100})));
     let succeeded = st.conditions.iter().find(|c| c.type_ == "Succeeded").expect("condition");
     assert_eq!(succeeded.status, "True");
     assert_eq!(st.attempts.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(), vec!["Failed", "Succeeded"]);
@@ -410,7 +413,7 @@ async fn a_zombie_heartbeat_from_an_old_attempt_is_refused() {
         other => panic!("a heartbeat of attempt 1 must be refused, got {other:?}"),
     }
     let a = s.acts.get("z").await.expect("get");
-    assert_ne!(status(&a).heartbeat_details, Some(json!({"from": "zombie"})));
+    assert_ne!(status(&a).heartbeat_details.and_then(|d| d.to_value().ok()), Some(json!({"from": "zombie"})));
     s.heartbeat("z", 2, json!({"from": "attempt 2"})).await.expect("the current attempt may heartbeat");
     s.finish().await;
 }
@@ -612,10 +615,10 @@ async fn a_template_the_api_server_refuses_fails_the_activity_with_its_message()
     .await;
     let a = s.wait_phase("bad", Phase::Failed, 30).await;
     let f = status(&a).last_failure.expect("lastFailure");
-    assert_eq!((f.type_.as_str(), f.non_retryable), ("PodCreationFailed", true));
+    assert_eq!((f.type_.as_str(), f.non_retryable), ("PodRejected", true));
     assert!(f.message.contains("Not_A_DNS_Label"), "the API server's own message: {}", f.message);
     let events = kubectl(&["get", "events", "-n", &s.ns.name, "--field-selector", "type=Warning"]).expect("events");
-    assert!(events.contains("PodCreationFailed"), "{events}");
+    assert!(events.contains("PodRejected"), "{events}");
     s.finish().await;
 }
 
@@ -663,7 +666,7 @@ async fn a_template_that_is_no_pod_template_fails_alone_naming_the_field() {
     s.create("fine", json!({"startToCloseTimeout": "1m", "template": shell("exit 0")})).await;
     let a = s.wait_phase("odd", Phase::Failed, 60).await;
     let f = status(&a).last_failure.expect("lastFailure");
-    assert_eq!((f.type_.as_str(), f.non_retryable), ("PodCreationFailed", true));
+    assert_eq!((f.type_.as_str(), f.non_retryable), ("PodRejected", true));
     assert!(f.message.contains("spec.containers[0].command"), "names the field: {}", f.message);
     // The other activity in the same namespace is not held up by it.
     s.wait_phase("fine", Phase::Succeeded, 60).await;
@@ -730,4 +733,238 @@ async fn exit_zero_succeeds_and_ttl_deletes_the_finished_activity() {
     let gone_at = k8s_openapi::jiff::Timestamp::now();
     assert!(gone_at.duration_since(closed) >= k8s_openapi::jiff::SignedDuration::from_secs(2), "not before the TTL");
     s.finish().await;
+}
+
+fn conditions(a: &Activity) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    status(a).conditions
+}
+
+fn event_reasons(s: &Scenario, name: &str) -> Vec<String> {
+    let out = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &s.ns.name,
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ])
+    .unwrap_or_default();
+    out.lines().map(String::from).collect()
+}
+
+/// Under the chart's RBAC: a pod deleted by hand is read (get pods) before the attempt is judged,
+/// then the activity is retried. With `get` missing from the chart's Role it stayed Running.
+#[tokio::test]
+async fn a_running_attempts_pod_deleted_by_hand_is_retried() {
+    let s = Scenario::new("op-podgone").await;
+    s.create(
+        "gone",
+        json!({"startToCloseTimeout": "5m", "retryPolicy": {"initialInterval": "1s"}, "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("gone", Phase::Running, 60).await;
+    s.pods
+        .delete("gone-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .expect("delete");
+    let a = s
+        .wait("gone", 90, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running))
+        .await;
+    let first = status(&a).attempts.into_iter().next().expect("attempt 1 recorded");
+    assert_eq!(first.failure.map(|f| f.type_), Some("PodDeleted".into()));
+    let log = std::fs::read_to_string(&s.op.log).unwrap_or_default();
+    assert!(!log.contains("forbidden"), "the operator hit a permission the chart does not grant:\n{log}");
+    s.finish().await;
+}
+
+/// Without the worker service account no pod can be created: the Activity says so (condition and
+/// event, naming the fix), says nothing of a pod started, and clears once the account exists.
+#[tokio::test]
+async fn a_missing_worker_service_account_is_shown_on_the_activity_until_it_exists() {
+    ensure_crd().expect("CRD");
+    let ns = TestNs::new("op-nosa").await.expect("namespace");
+    let op = Operator::start(&ns.name).await.expect("operator");
+    let s = Scenario { acts: ns.api(), pods: ns.api(), ns, op };
+    s.create("nosa", json!({"startToCloseTimeout": "5m", "template": shell("sleep 3600")})).await;
+    let a = s
+        .wait("nosa", 60, "a Stalled condition", |a| {
+            conditions(a).iter().any(|c| c.type_ == "Stalled" && c.status == "True")
+        })
+        .await;
+    let stalled = conditions(&a).into_iter().find(|c| c.type_ == "Stalled").expect("condition");
+    assert_eq!(stalled.reason, "WorkerServiceAccountMissing");
+    assert!(
+        stalled.message.contains("activity-worker") && stalled.message.contains("watchNamespaces"),
+        "{}",
+        stalled.message
+    );
+    let reasons = event_reasons(&s, "nosa");
+    assert!(reasons.iter().any(|r| r == "WorkerServiceAccountMissing"), "{reasons:?}");
+    assert!(!reasons.iter().any(|r| r == "AttemptStarted"), "no pod was created, none may be reported: {reasons:?}");
+    worker_rbac(&s.ns.name).expect("worker RBAC");
+    let a = s.wait_phase("nosa", Phase::Running, 120).await;
+    let a = if conditions(&a).iter().any(|c| c.type_ == "Stalled") {
+        s.wait("nosa", 30, "the Stalled condition cleared", |a| !conditions(a).iter().any(|c| c.type_ == "Stalled"))
+            .await
+    } else {
+        a
+    };
+    assert!(conditions(&a).iter().any(|c| c.type_ == "Running" && c.status == "True"));
+    assert!(event_reasons(&s, "nosa").iter().any(|r| r == "AttemptStarted"));
+    s.finish().await;
+}
+
+/// A worker that heartbeats details deeper than serde_json's default limit (128) must not make
+/// its Activity unreadable: a later cancel is still seen, and a restarted operator (whose first
+/// list decodes every Activity) still runs new ones.
+#[tokio::test]
+async fn details_nested_too_deep_to_parse_do_not_blind_the_operator() {
+    let s = Scenario::new("op-deep").await;
+    s.create("deep", json!({"startToCloseTimeout": "5m", "template": shell("sleep 3600")})).await;
+    s.wait_phase("deep", Phase::Running, 60).await;
+    // serde_json's Value cannot be built this deep, so the patch is written as text.
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        r#"[{{"op":"test","path":"/status/attempt","value":1}},{{"op":"add","path":"/status/heartbeatDetails","value":{deep}}}]"#
+    );
+    let path = activity_tests::TempFile::write("deep", &body).expect("file");
+    kubectl(&[
+        "patch",
+        "activity",
+        "deep",
+        "-n",
+        &s.ns.name,
+        "--subresource=status",
+        "--type=json",
+        "--patch-file",
+        path.path().expect("path"),
+    ])
+    .expect("the API server accepts the deep details");
+    s.acts
+        .patch("deep", &PatchParams::default(), &Patch::Merge(json!({"spec": {"cancelRequested": true}})))
+        .await
+        .expect("cancel");
+    s.wait_phase("deep", Phase::Canceled, 60).await;
+    let s = Scenario { op: s.op.restart().await.expect("restart"), ..s };
+    s.create("after", json!({"startToCloseTimeout": "1m", "template": shell("exit 0")})).await;
+    s.wait_phase("after", Phase::Succeeded, 60).await;
+    assert_eq!(s.op.counter("activity_operator_watch_errors_total").await.expect("metrics"), 0.0);
+    s.finish().await;
+}
+
+/// Attempt 1's worker writes an outcome for attempt 2 (a valid `test` of attempt 1): attempt 2
+/// must start without it and run, not end Succeeded with the forged result.
+#[tokio::test]
+async fn an_outcome_written_for_a_later_attempt_does_not_judge_it() {
+    let s = Scenario::new("op-forge").await;
+    s.create(
+        "forge",
+        json!({"startToCloseTimeout": "5m", "retryPolicy": {"initialInterval": "1s"}, "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("forge", Phase::Running, 60).await;
+    s.worker_patch(
+        "forge",
+        json!([{"op": "test", "path": "/status/attempt", "value": 1},
+               {"op": "add", "path": "/status/outcome", "value": {"attempt": 2, "succeeded": true, "result": "forged"}}]),
+    )
+    .await
+    .expect("an admin may write it (the worker policy refuses it for workers)");
+    s.pods
+        .delete("forge-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .expect("kill");
+    let a = s
+        .wait("forge", 90, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running))
+        .await;
+    let st = status(&a);
+    assert!(st.outcome.is_none() && st.result.is_none(), "the forged outcome judged attempt 2: {st:?}");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_result_over_the_limit_fails_the_activity_naming_it() {
+    let s = Scenario::new("op-bigresult").await;
+    s.create("big", json!({"startToCloseTimeout": "5m", "template": shell("sleep 3600")})).await;
+    s.wait_phase("big", Phase::Running, 60).await;
+    let result = "x".repeat(activity_crds::MAX_PAYLOAD_BYTES + 1);
+    s.worker_patch(
+        "big",
+        json!([{"op": "test", "path": "/status/attempt", "value": 1},
+               {"op": "add", "path": "/status/outcome", "value": {"attempt": 1, "succeeded": true, "result": result}}]),
+    )
+    .await
+    .expect("outcome");
+    let a = s.wait_phase("big", Phase::Failed, 60).await;
+    let f = status(&a).last_failure.expect("lastFailure");
+    assert_eq!((f.type_.as_str(), f.non_retryable), ("PayloadTooLarge", true));
+    assert!(status(&a).result.is_none());
+    s.finish().await;
+}
+
+/// A timed-out worker that ignores SIGTERM: its pod is stopped, not deleted (its log stays
+/// readable), and the next attempt's pod is created only after it has terminated.
+#[tokio::test]
+async fn a_timed_out_attempt_keeps_its_log_and_the_next_waits_until_it_has_stopped() {
+    let s = Scenario::new("op-logs").await;
+    let mut template = shell("echo \"hello from attempt $ACTIVITY_ATTEMPT\"; trap '' TERM; sleep 3600");
+    template["spec"]["terminationGracePeriodSeconds"] = json!(3);
+    s.create(
+        "stuck",
+        json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "2s",
+               "retryPolicy": {"initialInterval": "1s", "maximumAttempts": 2}, "template": template}),
+    )
+    .await;
+    s.wait("stuck", 90, "attempt 2", |a| status(a).attempt == Some(2)).await;
+    let first = s.pods.get("stuck-1").await.expect("attempt 1's pod is kept");
+    let second = s.pods.get("stuck-2").await.expect("attempt 2's pod");
+    let finished = first
+        .status
+        .as_ref()
+        .and_then(|st| {
+            st.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.as_ref()?.finished_at.clone()
+        })
+        .expect("attempt 1's worker has terminated");
+    let created = second.metadata.creation_timestamp.expect("created");
+    assert!(created.0 >= finished.0, "attempt 2 ({created:?}) started while attempt 1 ran (until {finished:?})");
+    let log = kubectl(&["logs", "-n", &s.ns.name, "stuck-1"]).expect("kubectl logs of the timed-out attempt");
+    assert!(log.contains("hello from attempt 1"), "{log}");
+    s.finish().await;
+}
+
+/// The sidecar of a finished attempt is stopped.
+#[tokio::test]
+async fn the_sidecars_of_a_finished_attempt_are_stopped() {
+    let s = Scenario::new("op-sidecar").await;
+    let template = json!({"spec": {"containers": [
+        {"name": "worker", "image": "busybox", "command": ["sh", "-c", "exit 0"]},
+        {"name": "sidecar", "image": "busybox", "command": ["sh", "-c", "sleep 3600"]}]}});
+    s.create("side", json!({"startToCloseTimeout": "1m", "template": template})).await;
+    s.wait_phase("side", Phase::Succeeded, 60).await;
+    wait_for(Duration::from_secs(60), "the pod's sidecar stopped", || async {
+        let pod = s.pods.get("side-1").await?;
+        let phase = pod.status.and_then(|st| st.phase);
+        Ok(matches!(phase.as_deref(), Some("Failed" | "Succeeded")).then_some(()))
+    })
+    .await
+    .expect("sidecar stopped");
+    s.finish().await;
+}
+
+/// An operator that cannot serve /metrics and its probes does not run.
+#[test]
+fn a_metrics_address_in_use_stops_the_operator_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let exe = activity_tests::operator::workspace_bin("activity-operator").expect("operator binary");
+    let out = std::process::Command::new(exe)
+        .args(["--metrics-bind-address", &addr, "--namespace", "nothing-here"])
+        .env("KUBECONFIG", activity_tests::kubeconfig_path())
+        .output()
+        .expect("run the operator");
+    assert!(!out.status.success(), "it must exit with an error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--metrics-bind-address") && stderr.contains(&addr), "{stderr}");
 }

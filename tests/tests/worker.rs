@@ -289,7 +289,7 @@ while true; do i=$((i+1)); echo "::heartbeat {\"i\": $i}"; echo "tick $i"; sleep
         .await
         .unwrap();
     let s = wait_status(&ns, "c", "the canceled outcome", |s| s.get("outcome").is_some()).await;
-    assert_eq!(s["outcome"], json!({"attempt": 1, "succeeded": false, "canceled": true}));
+    assert_eq!(s["outcome"], json!({"attempt": 1, "succeeded": false, "canceled": true, "cause": "Canceled"}));
     assert_eq!(wait_exit(&ns, &pod).await, EXIT_CANCELED);
     let log = wait_log(&ns, &pod, "child got SIGTERM-marker").await;
     assert!(log.contains("spec.cancelRequested is true"), "{log}");

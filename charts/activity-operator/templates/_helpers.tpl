@@ -86,12 +86,13 @@ calls; nothing else (no secrets, no configmaps, no wildcards).
   resources: ["activities/finalizers"]
   verbs: ["update"]
 # Worker pods: list and watch (label-selected, heartbeat.dev/activity) feed the controller's cache
-# of each attempt's pod; create starts an attempt's pod; delete stops one on cancellation, on a
-# timeout and when its grace period runs out. Pods are read only through the cache (no get), never
-# updated or patched.
+# of each attempt's pod; get reads the current attempt's pod when the cache does not show it yet
+# (before the attempt is judged on its absence); create starts an attempt's pod; patch stops the
+# pod of an attempt that ended (activeDeadlineSeconds and the heartbeat.dev/stopped-at annotation:
+# its containers stop, its logs stay); delete removes the pods of a canceled or deleted activity.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Events on Activities (AttemptStarted, RetryScheduled, HeartbeatTimedOut, …): create records a
 # new event; patch bumps the series count of a repeated one (kube-rs' events Recorder).
 - apiGroups: ["events.k8s.io"]

@@ -496,7 +496,7 @@ pub async fn worker(cluster: &Cluster, idle: Duration) -> anyhow::Result<RunResu
     let pid = child.id().context("worker exited at once")?;
     wait_for(Duration::from_secs(30), "the worker's first heartbeat", || async {
         let a = acts.get("idle").await?;
-        Ok(a.status.and_then(|s| s.heartbeat_details).filter(|d| d["step"] == 1).map(|_| ()))
+        Ok(a.status.and_then(|s| s.heartbeat_details?.to_value().ok()).filter(|d| d["step"] == 1).map(|_| ()))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -85,7 +85,9 @@ pub struct PodView<'a> {
 
 /// `status.phase`.
 pub fn phase(v: &PodView<'_>) -> &'static str {
-    if v.deadline_exceeded {
+    // As the kubelet: terminal only once every container has stopped, so nothing that still runs
+    // is reported as over (the operator starts a retry only after the last attempt's pod ended).
+    if v.deadline_exceeded && v.pod_is_terminal {
         return "Failed";
     }
     let policy = RestartPolicy::parse(v.pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()));

@@ -94,6 +94,8 @@ fn phases() {
     let cs = [running("a"), running("b")];
     v.containers = &cs;
     v.deadline_exceeded = true;
+    assert_eq!(phase(&v), "Running", "its containers are still being stopped");
+    v.pod_is_terminal = true;
     assert_eq!(phase(&v), "Failed");
 }
 
