@@ -17,7 +17,7 @@ const NOT_SUCCEEDED: i32 = 1;
 const USAGE: i32 = 2;
 const ERROR: i32 = 3;
 
-/// TODO(lead): set to `true` once the operator implements pause and reset (DESIGN.md "Operations");
+/// TODO(lead): set to `true` once the operator implements pause and reset (docs/reference.md, "Operations");
 /// until then the pause/reset test checks the spec the commands write, not the phases that follow.
 const OPERATOR_HAS_PAUSE_AND_RESET: bool = false;
 

@@ -2,7 +2,7 @@
 //! timeouts, a retry policy) that the operator runs as one worker pod per attempt.
 //!
 //! Every field's doc comment becomes its `kubectl explain` text. The contract these types
-//! implement is `DESIGN.md`; the generated CRD is `crds/activity.yaml` (`cargo run -p activity-crds
+//! implement is `docs/reference.md`; the generated CRD is `crds/activity.yaml` (`cargo run -p activity-crds
 //! --bin crdgen`).
 
 pub mod duration;

@@ -1,4 +1,4 @@
-//! The spec of an Activity resolved into typed values with every default applied (DESIGN.md,
+//! The spec of an Activity resolved into typed values with every default applied (docs/reference.md,
 //! "Spec"). Parsing is where a spec that passed the schema but still cannot run is caught.
 
 use std::time::Duration;

@@ -76,7 +76,7 @@ impl CancelReason {
         )
     }
 
-    /// The contract's stop cause (DESIGN.md, "The worker's side"): `Canceled` (deletion or
+    /// The contract's stop cause (docs/reference.md, "The worker protocol"): `Canceled` (deletion or
     /// `spec.cancelRequested`), `Paused`, `Reset`, `Superseded`; `None` for the worker's own
     /// reasons (a signal, the Activity gone, a missing permission, undeliverable heartbeats).
     pub fn stop_cause(&self) -> Option<StopCause> {
@@ -247,7 +247,7 @@ pub fn cancel_in(activity: &Activity, attempt: i32) -> Option<CancelReason> {
     None
 }
 
-/// When this attempt and the whole activity time out, as the operator computes them (DESIGN.md):
+/// When this attempt and the whole activity time out, as the operator computes them (docs/reference.md):
 /// the attempt at `status.startedTime` (else `now`, for a worker that starts before the operator
 /// saw its container run) + `startToCloseTimeout` (default `scheduleToCloseTimeout`); the activity
 /// at (`status.lastReset.time`, else `metadata.creationTimestamp` + `startDelay`) +

@@ -27,7 +27,7 @@ const NAME: &str = "a";
 const ACTIVITY_PATH: &str = "/apis/heartbeat.dev/v1alpha1/namespaces/ns/activities/a";
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Scenario features the Rust SDK does not implement yet (DESIGN.md asks for them): the
+/// Scenario features the Rust SDK does not implement yet (docs/reference.md asks for them): the
 /// feature, what to do, and why. Empty: the Rust SDK runs every scenario strictly (`pauseReset`,
 /// `outcomeCause` and `nextRetryDelay` included).
 const KNOWN_GAPS: &[(&str, Gap, &str)] = &[];

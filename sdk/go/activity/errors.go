@@ -12,7 +12,7 @@ import (
 type Cause string
 
 // The causes of a cancellation. Canceled, Paused, Reset and Superseded come from the heartbeat
-// reply (DESIGN.md, "The worker's side"); the others from the worker itself.
+// reply (docs/reference.md, "The worker protocol"); the others from the worker itself.
 const (
 	// CauseCanceled: kubectl delete (metadata.deletionTimestamp) or spec.cancelRequested.
 	CauseCanceled Cause = "Canceled"
