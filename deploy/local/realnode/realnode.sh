@@ -453,11 +453,23 @@ realnode_start() {
   real_ready() { node_ready_named "$real_node_name"; }
   wait_until "$deadline" real_ready containerd kubelet registry ||
     { log_tail kubelet; die "Node $real_node_name not Ready within ${timeout}s; kubelet log: $logs/kubelet.log"; }
+  realnode_restore_tunables
   realnode_launch kube-proxy "$bin_dir/kube-proxy" "--config=$rn/kube-proxy.yaml"
   proxy_up() { [[ $(curl -fsS --max-time 2 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz" 2>/dev/null) == *'"lastUpdated"'* ]] && realnode_service_programmed; }
   wait_until "$deadline" proxy_up kube-proxy kubelet containerd registry ||
     { log_tail kube-proxy; die "kube-proxy did not program the kubernetes Service within ${timeout}s; its log: $logs/kube-proxy.log"; }
   log "real node ready in $((SECONDS - started))s (Node $real_node_name, containerd $(containerd --version | awk '{print $3}'), pods on $rn_bridge $rn_pod_cidr)"
+}
+
+# The kubelet sets vm.overcommit_memory=1, kernel.panic=10, kernel.panic_on_oops=1 (and the keys
+# quotas) once at start; on a shared machine the host's own values are put back right away (a kernel
+# oops must not panic everyone's VM). ip_forward stays: the bridge plugin sets it on every pod.
+realnode_restore_tunables() {
+  local kind name value
+  while read -r kind name value; do
+    [[ $kind == sysctl && $name != net.* && $value != - ]] || continue
+    [[ $(sysctl -n "$name" 2>/dev/null) == "$value" ]] || sysctl -qw "$name=$value" >/dev/null 2>&1 || warn "could not restore $name=$value"
+  done <"$rn/host.env"
 }
 
 # kube-proxy has written the rule that sends the `kubernetes` Service to the API server.
