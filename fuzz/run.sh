@@ -39,7 +39,7 @@ fi
 # One build for all targets; -a: debug assertions and overflow checks, so an arithmetic overflow
 # is the panic it would be in a debug build instead of a silent wrap.
 echo "fuzz/run.sh: building ${targets[*]} (sanitizer $sanitizer, target dir $CARGO_TARGET_DIR)" >&2
-cargo fuzz build -a --sanitizer "$sanitizer" -j 1 >&2
+CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo fuzz build -a --sanitizer "$sanitizer" >&2
 
 failed=()
 summary=()

@@ -50,8 +50,9 @@ const TOTAL: u64 = 15;
 const FAIL_AFTER: [u64; BURST] = [0, 4, 6, 5, 0, 7];
 /// The activities' heartbeat timeout, seconds: short, so a stopped worker times out within a round.
 const HEARTBEAT_TIMEOUT: u64 = 3;
-/// How long a worker stays SIGSTOPped (longer than the heartbeat timeout).
-const WORKER_STOP: Duration = Duration::from_secs(5);
+/// A worker stays SIGSTOPped from 3 s up to this (ms): around the heartbeat timeout and the
+/// pod's stop that follows it (its 2 s grace period).
+const WORKER_STOP_MAX_MS: u64 = 8000;
 /// How long the operator stays SIGSTOPped.
 const OPERATOR_STOP: Duration = Duration::from_secs(3);
 /// Sampling period of pods and activities.
@@ -94,12 +95,7 @@ struct Observed {
 fn running_containers(pod: &Pod) -> usize {
     let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
     let init = pod.status.as_ref().and_then(|s| s.init_container_statuses.as_ref());
-    statuses
-        .into_iter()
-        .chain(init)
-        .flatten()
-        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-        .count()
+    statuses.into_iter().chain(init).flatten().filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())).count()
 }
 
 async fn sample_once(pods: &Api<Pod>, acts: &Api<Activity>, prefix: &str, obs: &Mutex<Observed>) {
@@ -204,7 +200,12 @@ fn signal(p: HostProcess, signal: &str) -> bool {
 }
 
 /// A pod of this round whose worker container runs, with its host process; random among them.
-async fn running_worker(pods: &Api<Pod>, ns: &str, prefix: &str, skip: &BTreeSet<String>) -> Option<(String, String, HostProcess)> {
+async fn running_worker(
+    pods: &Api<Pod>,
+    ns: &str,
+    prefix: &str,
+    skip: &BTreeSet<String>,
+) -> Option<(String, String, HostProcess)> {
     let list = pods.list(&ListParams::default().labels(LABEL_ACTIVITY)).await.ok()?;
     let mut candidates: Vec<(String, String, HostProcess)> = list
         .items
@@ -229,7 +230,7 @@ enum Fault {
     OperatorStop,
     /// Delete a running worker's pod with grace period 0.
     WorkerKill,
-    /// SIGSTOP a running worker's process; SIGCONT it WORKER_STOP later if it still lives.
+    /// SIGSTOP a running worker's process; SIGCONT it 3–8 s later if it still lives.
     WorkerStop,
 }
 
@@ -301,7 +302,8 @@ fn check_activity(
             v(format!("attempt {} recorded {} (the last attempt is {n})", r.attempt, r.outcome));
         }
     }
-    for (pod, uids) in obs.pod_uids.range(format!("{name}-")..).take_while(|(p, _)| p.starts_with(&format!("{name}-"))) {
+    for (pod, uids) in obs.pod_uids.range(format!("{name}-")..).take_while(|(p, _)| p.starts_with(&format!("{name}-")))
+    {
         let Some(k) = pod.strip_prefix(&format!("{name}-")).and_then(|k| k.parse::<i32>().ok()) else {
             // A longer activity name sharing this prefix (r0-a1 vs r0-a10) is not this one's.
             continue;
@@ -323,7 +325,10 @@ fn check_activity(
         }
         // Items within an attempt go up one by one.
         if log.items.windows(2).any(|w| w[1].1 != w[0].1 + 1) {
-            v(format!("attempt {k} processed items out of order: {:?}", log.items.iter().map(|x| x.1).collect::<Vec<_>>()));
+            v(format!(
+                "attempt {k} processed items out of order: {:?}",
+                log.items.iter().map(|x| x.1).collect::<Vec<_>>()
+            ));
         }
     }
     let missing: Vec<u64> = (0..TOTAL).filter(|i| !processed.contains_key(i)).collect();
@@ -370,6 +375,9 @@ struct RoundReport {
     redone: usize,
     faults: Vec<String>,
     samples: usize,
+    /// (activity, attempt) pairs with a delivered heartbeat seen, and pods seen.
+    delivered: usize,
+    pods: usize,
     secs: f64,
 }
 
@@ -399,7 +407,7 @@ async fn round(
     faults.shuffle(&mut rand::rng());
     let mut done = Vec::new();
     let mut force_deleted = BTreeSet::new();
-    let mut stopped: Option<(String, HostProcess, Instant)> = None;
+    let mut resume: Option<tokio::task::JoinHandle<String>> = None;
     let mut hit: BTreeSet<String> = BTreeSet::new();
     for fault in faults {
         tokio::time::sleep(Duration::from_millis(rand::random_range(700..1500))).await;
@@ -445,8 +453,15 @@ async fn round(
                     Ok((activity, pod, proc_)) => {
                         if signal(proc_, "-STOP") {
                             hit.insert(activity);
-                            done.push(format!("{at:.1}s SIGSTOP worker {pod} (pid {})", proc_.pid));
-                            stopped = Some((pod, proc_, Instant::now()));
+                            // Let go somewhere around the heartbeat timeout and the kill that
+                            // follows it: before, while or after the operator stops its pod.
+                            let after = Duration::from_millis(rand::random_range(3000..WORKER_STOP_MAX_MS));
+                            done.push(format!("{at:.1}s SIGSTOP worker {pod} (pid {}) for {after:?}", proc_.pid));
+                            resume = Some(tokio::spawn(async move {
+                                tokio::time::sleep(after).await;
+                                let state = if signal(proc_, "-CONT") { "resumed" } else { "already gone" };
+                                format!("SIGCONT worker {pod} after {after:?}: {state}")
+                            }));
                         } else {
                             done.push(format!("{at:.1}s worker {pod} gone before SIGSTOP"));
                         }
@@ -455,20 +470,9 @@ async fn round(
                 }
             }
         }
-        // A stopped worker is let go WORKER_STOP after it stopped, whichever fault comes next.
-        if let Some((pod, p, when)) = stopped.take_if(|(_, _, when)| when.elapsed() >= WORKER_STOP) {
-            let resumed = signal(p, "-CONT");
-            done.push(format!("SIGCONT worker {pod} after {:.1}s: {}", when.elapsed().as_secs_f64(), if resumed { "resumed" } else { "already gone" }));
-        }
     }
-    if let Some((pod, p, when)) = stopped.take() {
-        tokio::time::sleep(WORKER_STOP.saturating_sub(when.elapsed())).await;
-        let resumed = signal(p, "-CONT");
-        done.push(format!(
-            "SIGCONT worker {pod} after {:.1}s: {}",
-            when.elapsed().as_secs_f64(),
-            if resumed { "resumed" } else { "already gone" }
-        ));
+    if let Some(cont) = resume.take() {
+        done.push(cont.await.unwrap_or_else(|e| format!("SIGCONT task: {e}")));
     }
     // Every activity ends; a stuck one is a violation (reported with the namespace's state).
     let finished = wait_for(ROUND_TIMEOUT, "every activity of the round terminal", || async {
@@ -486,7 +490,9 @@ async fn round(
     let secs = started.elapsed().as_secs_f64();
     if let Err(e) = finished {
         violations.push(format!("round {r}: {e:#}"));
-        for args in [vec!["get", "activities", "-n", &ns.name, "-o", "wide"], vec!["get", "pods", "-n", &ns.name, "-o", "wide"]] {
+        for args in
+            [vec!["get", "activities", "-n", &ns.name, "-o", "wide"], vec!["get", "pods", "-n", &ns.name, "-o", "wide"]]
+        {
             eprintln!("--- kubectl {}\n{}", args.join(" "), kubectl(&args).unwrap_or_else(|e| e.to_string()));
         }
     }
@@ -511,7 +517,9 @@ async fn round(
             Err(e) => violations.push(format!("round {r}: {name}: lost: {e}")),
         }
     }
-    (op, RoundReport { attempts, redone, faults: done, samples: obs.samples, secs })
+    let delivered = obs.delivered.values().map(BTreeMap::len).sum();
+    let pods_seen = obs.pod_uids.len();
+    (op, RoundReport { attempts, redone, faults: done, samples: obs.samples, delivered, pods: pods_seen, secs })
 }
 
 #[tokio::test]
@@ -529,11 +537,13 @@ async fn activities_survive_operator_and_worker_faults() {
         let (next, report) = round(r, &ns, op, &mut violations, &mut notes).await;
         op = next;
         eprintln!(
-            "chaos round {r}: {:.1}s, {BURST} activities, {} attempts, {} items redone (above delivered heartbeats), {} samples, {} violations; faults: {}",
+            "chaos round {r}: {:.1}s, {BURST} activities, {} attempts, {} items redone (above delivered heartbeats), {} samples ({} pods, {} delivered heartbeats seen), {} violations; faults: {}",
             report.secs,
             report.attempts,
             report.redone,
             report.samples,
+            report.pods,
+            report.delivered,
             violations.len() - before,
             report.faults.join("; ")
         );
@@ -545,7 +555,12 @@ async fn activities_survive_operator_and_worker_faults() {
         let log = std::fs::read_to_string(&op.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         eprintln!("--- operator log (last lines)\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-        panic!("{} invariant violations in {rounds} rounds (namespace {} kept):\n{}", violations.len(), ns.name, violations.join("\n"));
+        panic!(
+            "{} invariant violations in {rounds} rounds (namespace {} kept):\n{}",
+            violations.len(),
+            ns.name,
+            violations.join("\n")
+        );
     }
     drop(op);
     ns.delete().await.expect("delete namespace");
