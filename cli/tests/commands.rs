@@ -19,7 +19,7 @@ const ERROR: i32 = 3;
 
 /// TODO(lead): set to `true` once the operator implements pause and reset (docs/reference.md, "Operations");
 /// until then the pause/reset test checks the spec the commands write, not the phases that follow.
-const OPERATOR_HAS_PAUSE_AND_RESET: bool = false;
+const OPERATOR_HAS_PAUSE_AND_RESET: bool = true;
 
 const ONE_ATTEMPT: [&str; 4] = ["--start-to-close-timeout", "1m", "--retry-maximum-attempts", "1"];
 

@@ -120,6 +120,7 @@ pub struct ActivitySpec {
     /// Pod template of each attempt's worker pod. `restartPolicy` is forced to `Never`; every
     /// container gets ACTIVITY_NAME, ACTIVITY_NAMESPACE and ACTIVITY_ATTEMPT. A template that names
     /// no serviceAccountName runs as `activity-worker`. It must have at least one container.
+    /// A changed template applies from the next attempt.
     #[schemars(schema_with = "template_schema")]
     pub template: PodTemplate,
 
@@ -152,7 +153,9 @@ pub struct ActivitySpec {
     #[schemars(schema_with = "duration_schema")]
     pub schedule_to_close_timeout: Option<String>,
 
-    /// How failed attempts are retried.
+    /// How failed attempts are retried. Changed on a live activity, it applies to the next
+    /// failure at once. (Every timeout changed on a live activity takes effect at once as well:
+    /// deadlines are computed from the spec.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicy>,
 
@@ -399,6 +402,10 @@ pub struct ActivityStatus {
     /// Disrupted attempts so far (see retryPolicy.maximumDisruptions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruptions: Option<i32>,
+    /// Failed attempts that count toward retryPolicy.maximumAttempts and the backoff, since the
+    /// last reset (attempts stopped by a pause or a reset, and disruptions, do not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_attempts: Option<i32>,
     /// Standard conditions: `Running`, `Finished`, `Succeeded`, each with a reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -16,6 +16,8 @@ pub struct Settings {
     pub retry: Retry,
     pub cancellation_grace: Duration,
     pub ttl_after_finished: Option<Duration>,
+    /// `spec.startDelay`: the first attempt starts this long after creation.
+    pub start_delay: Option<Duration>,
 }
 
 /// The retry policy, defaults applied.
@@ -27,6 +29,9 @@ pub struct Retry {
     /// 0 = unlimited.
     pub maximum_attempts: i32,
     pub non_retryable_error_types: Vec<String>,
+    pub non_retryable_exit_codes: Vec<i32>,
+    /// Disrupted attempts retried at once without counting; 0 counts them as failures.
+    pub maximum_disruptions: i32,
 }
 
 /// Why a spec cannot run; the message names the field.
@@ -45,6 +50,7 @@ pub enum SpecError {
 const DEFAULT_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_BACKOFF: f64 = 2.0;
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_MAXIMUM_DISRUPTIONS: i32 = 10;
 
 fn duration(field: &'static str, value: Option<&String>) -> Result<Option<Duration>, SpecError> {
     value.map(|v| parse_duration(v).map_err(|source| SpecError::Duration { field, source })).transpose()
@@ -84,8 +90,9 @@ impl Settings {
             Some(s) => Some(Duration::from_secs(s.unsigned_abs())),
             None => None,
         };
+        let start_delay = duration("startDelay", spec.start_delay.as_ref())?.filter(|d| !d.is_zero());
         if let Some(input) = &spec.input {
-            let size = serde_json::to_vec(input).map(|b| b.len()).unwrap_or(usize::MAX);
+            let size = input.len();
             if size > MAX_PAYLOAD_BYTES {
                 return Err(invalid("input", format!("is {size} bytes serialized; at most {MAX_PAYLOAD_BYTES}")));
             }
@@ -109,6 +116,10 @@ impl Settings {
         if maximum_attempts < 0 {
             return Err(invalid("retryPolicy.maximumAttempts", "must not be negative"));
         }
+        let maximum_disruptions = policy.maximum_disruptions.unwrap_or(DEFAULT_MAXIMUM_DISRUPTIONS);
+        if maximum_disruptions < 0 {
+            return Err(invalid("retryPolicy.maximumDisruptions", "must not be negative"));
+        }
         Ok(Settings {
             start_to_close,
             heartbeat,
@@ -120,9 +131,12 @@ impl Settings {
                 maximum_interval,
                 maximum_attempts,
                 non_retryable_error_types: policy.non_retryable_error_types,
+                non_retryable_exit_codes: policy.non_retryable_exit_codes,
+                maximum_disruptions,
             },
             cancellation_grace,
             ttl_after_finished,
+            start_delay,
         })
     }
 }

@@ -913,13 +913,14 @@ fn planner_input(act: &Activity) -> Option<u64> {
             attempts,
             last_reset,
             disruptions,
+            counted_attempts,
             conditions,
             observed_generation,
         } = s;
         (
             (phase, attempt, pod_name, scheduled_time, started_time, closed_time),
             (next_attempt_schedule_time, cancel_requested_time, last_failure, result, outcome),
-            (attempts, last_reset, disruptions, conditions, observed_generation),
+            (attempts, last_reset, disruptions, counted_attempts, conditions, observed_generation),
         )
     });
     let mut hasher = HashWriter(DefaultHasher::new());

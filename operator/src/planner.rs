@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use activity_crds::{
-    ATTEMPT_HISTORY, Activity, ActivityStatus, AttemptRecord, FINALIZER, Failure, MAX_PAYLOAD_BYTES, Phase, RawJson,
-    TimeoutType, format_duration,
+    ATTEMPT_HISTORY, Activity, ActivityStatus, AttemptRecord, FINALIZER, Failure, LastReset, MAX_PAYLOAD_BYTES, Phase,
+    RawJson, StopCause, TimeoutType, format_duration, parse_duration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -79,7 +79,7 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
         return Plan { status: current, actions: vec![], events: vec![], requeue_after: None };
     }
     let settings = Settings::from_spec(&activity.spec);
-    if !p.phase().is_some_and(Phase::is_terminal) {
+    if !p.phase().is_some_and(Phase::is_terminal) || p.reset_pending(deleting) {
         if !deleting && !has_finalizer {
             p.actions.push(Action::AddFinalizer);
         }
@@ -109,7 +109,7 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
         }
     }
     p.status.observed_generation = activity.metadata.generation;
-    p.status.conditions = conditions(&current.conditions, &p.status, p.waiting.as_deref(), now);
+    p.status.conditions = conditions(&current.conditions, &p.status, p.waiting.as_deref(), activity.spec.paused, now);
     let requeue_after = p.deadlines.iter().min().map(|d| {
         let wait = d.duration_since(now).unsigned_abs();
         // A timer never fires early, but one millisecond more keeps `now >= deadline` true on wake.
@@ -173,7 +173,7 @@ pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, message: Stri
     p.record_attempt_if_live("Failed", Some(&failure));
     p.finish(Phase::Failed, Some(failure), None);
     let previous = activity.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    p.status.conditions = conditions(&previous, &p.status, None, now);
+    p.status.conditions = conditions(&previous, &p.status, None, activity.spec.paused, now);
     let actions =
         if activity.finalizers().iter().any(|f| f == FINALIZER) { vec![Action::RemoveFinalizer] } else { vec![] };
     Plan { status: p.status, actions, events: p.events, requeue_after: None }
@@ -213,6 +213,10 @@ struct Planner<'a> {
     deadlines: Vec<Timestamp>,
     /// Why the current attempt's worker is not running yet (for the Running condition).
     waiting: Option<String>,
+    /// `spec.paused` is set: a failed attempt waits for the unpause instead of a retry.
+    pausing: bool,
+    /// The worker asked for this delay before the next attempt (`nextRetryDelay`).
+    next_retry_delay: Option<Duration>,
 }
 
 fn add(t: Timestamp, d: Duration) -> Timestamp {
@@ -238,6 +242,8 @@ impl<'a> Planner<'a> {
             events: Vec::new(),
             deadlines: Vec::new(),
             waiting: None,
+            pausing: false,
+            next_retry_delay: None,
         }
     }
 
@@ -277,8 +283,12 @@ impl<'a> Planner<'a> {
         if cancel {
             return self.cancel(s);
         }
+        // Cancel beats reset, reset beats pause.
+        if self.reset_pending(deleting) && !self.reset(s) {
+            return;
+        }
         if let Some(limit) = s.schedule_to_close {
-            let deadline = add(self.created(), limit);
+            let deadline = add(self.clock_start(s), limit);
             if self.now >= deadline {
                 let failure = self.timeout_failure(
                     TimeoutType::ScheduleToClose,
@@ -289,8 +299,28 @@ impl<'a> Planner<'a> {
             }
             self.deadlines.push(deadline);
         }
+        self.pausing = self.activity.spec.paused;
+        if self.pausing && self.pause() {
+            return;
+        }
         match self.phase() {
-            None => self.start_attempt(s, 1),
+            None | Some(Phase::Scheduled) => match s.start_delay.map(|d| add(self.created(), d)) {
+                Some(at) if self.now < at => {
+                    self.status.phase = Some(Phase::Scheduled);
+                    self.deadlines.push(at);
+                }
+                _ => self.start_attempt(s, 1),
+            },
+            Some(Phase::Paused) => {
+                if !self.previous_attempt_still_runs() {
+                    self.events.push(Event {
+                        warning: false,
+                        reason: Reason::Unpaused,
+                        message: format!("unpaused: attempt {} starts", self.attempt() + 1),
+                    });
+                    self.start_attempt(s, self.attempt() + 1);
+                }
+            }
             Some(Phase::BackingOff) => match self.status.next_attempt_schedule_time.as_ref().map(|t| t.0) {
                 Some(next) if self.now < next => self.deadlines.push(next),
                 _ if self.previous_attempt_still_runs() => {}
@@ -334,8 +364,14 @@ impl<'a> Planner<'a> {
                 self.record_attempt_if_live("Succeeded", None);
                 return self.finish(Phase::Succeeded, None, outcome.result);
             }
+            if outcome.canceled && outcome.cause == Some(StopCause::Paused) && self.pausing {
+                // The worker stopped when its heartbeat reply said Paused: not counted.
+                self.record_attempt_if_live("Paused", None);
+                return self.enter_paused();
+            }
             let failure = match outcome.failure {
                 Some(f) => {
+                    self.next_retry_delay = f.next_retry_delay.as_deref().and_then(|d| parse_duration(d).ok());
                     let non_retryable = f.non_retryable;
                     self.failure(&f.type_, f.message, non_retryable)
                 }
@@ -359,6 +395,19 @@ impl<'a> Planner<'a> {
             self.actions.push(Action::CreatePod { attempt });
             return self.arm_schedule_to_start(s);
         };
+        if pod.disrupted && pod.worker.is_live() {
+            // Evicted or preempted: the pod may be gone before its exit is seen.
+            let failure = self.failure(
+                "Evicted",
+                format!("attempt {attempt}: the worker pod is being disrupted (eviction, preemption or node loss)"),
+                false,
+            );
+            return if self.disruptions() < s.retry.maximum_disruptions {
+                self.retry_disrupted(s, failure)
+            } else {
+                self.fail_attempt(s, failure)
+            };
+        }
         match pod.worker {
             WorkerState::Waiting { reason, message } => {
                 // The routine steps of every start are not news: showing them in the Running
@@ -380,6 +429,9 @@ impl<'a> Planner<'a> {
                     self.status.started_time = Some(time(started));
                 }
                 self.arm_running_deadlines(s);
+                if self.pausing && self.phase() == Some(Phase::Running) {
+                    self.stop_when_told_and_grace_ran_out(s, &pod, self.paused_since());
+                }
             }
             WorkerState::Exited(exit) => {
                 if self.status.started_time.is_none() {
@@ -389,6 +441,15 @@ impl<'a> Planner<'a> {
                     None => {
                         self.record_attempt_if_live("Succeeded", None);
                         self.finish(Phase::Succeeded, None, None);
+                    }
+                    Some(failure) if exit.disrupted && self.disruptions() < s.retry.maximum_disruptions => {
+                        self.retry_disrupted(s, failure)
+                    }
+                    Some(failure) if self.pausing && pod.stop_by.is_some() => {
+                        // Stopped by the operator because the pause's grace ran out: not counted.
+                        self.status.last_failure = Some(failure);
+                        self.record_attempt_if_live("Paused", None);
+                        self.enter_paused();
                     }
                     Some(failure) => self.fail_attempt(s, failure),
                 }
@@ -454,6 +515,167 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Failed attempts counted before the current one (since the last reset).
+    fn counted_before(&self) -> i32 {
+        let base = self.status.last_reset.as_ref().map(|r| r.attempt).unwrap_or(1);
+        self.status.counted_attempts.unwrap_or_else(|| self.attempt().saturating_sub(base).max(0))
+    }
+
+    fn disruptions(&self) -> i32 {
+        self.status.disruptions.unwrap_or(0)
+    }
+
+    /// Where scheduleToClose counts from: the last reset, else the end of the start delay.
+    fn clock_start(&self, s: &Settings) -> Timestamp {
+        match &self.status.last_reset {
+            Some(reset) => reset.time.0,
+            None => s.start_delay.map(|d| add(self.created(), d)).unwrap_or_else(|| self.created()),
+        }
+    }
+
+    /// A disrupted attempt (eviction, preemption, node loss): the next starts at once and this one
+    /// does not count toward maximumAttempts.
+    fn retry_disrupted(&mut self, s: &Settings, failure: Failure) {
+        let n = self.disruptions().saturating_add(1);
+        self.status.disruptions = Some(n);
+        self.status.counted_attempts = Some(self.counted_before());
+        self.events.push(Event {
+            warning: true,
+            reason: Reason::Disrupted,
+            message: format!(
+                "{}; retried at once, not counted toward maximumAttempts ({n} of {} disruptions)",
+                failure.message, s.retry.maximum_disruptions
+            ),
+        });
+        self.record_attempt_if_live("Failed", Some(&failure));
+        self.status.last_failure = Some(failure);
+        self.status.phase = Some(Phase::BackingOff);
+        self.status.next_attempt_schedule_time = Some(time(self.now));
+        self.deadlines.push(self.now);
+    }
+
+    /// `spec.paused`: whether that decided this pass. An activity with no live worker becomes
+    /// `Paused` at once; a running worker is told in its heartbeat reply and judged as usual.
+    fn pause(&mut self) -> bool {
+        match self.phase() {
+            Some(Phase::Running) => false,
+            Some(Phase::Pending) => {
+                // Not started yet: stopped (the pod is stopped as a stray), not counted.
+                self.record_attempt_if_live("Paused", None);
+                self.enter_paused();
+                true
+            }
+            _ => {
+                self.enter_paused();
+                true
+            }
+        }
+    }
+
+    fn enter_paused(&mut self) {
+        if self.phase() != Some(Phase::Paused) {
+            self.events.push(Event {
+                warning: false,
+                reason: Reason::Paused,
+                message: "paused (spec.paused): no attempt starts until it is unpaused".into(),
+            });
+        }
+        self.status.phase = Some(Phase::Paused);
+        self.status.next_attempt_schedule_time = None;
+    }
+
+    /// When the pause was first seen: the `Paused` condition's transition, else now.
+    fn paused_since(&self) -> Timestamp {
+        let previous = self.activity.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+        previous
+            .iter()
+            .find(|c| c.type_ == "Paused" && c.status == "True")
+            .map(|c| c.last_transition_time.0)
+            .unwrap_or(self.now)
+    }
+
+    /// A worker that heartbeated after `since` has been told to stop (its reply said so); once
+    /// cancellationGracePeriod has passed from that heartbeat, its pod is stopped. A worker that
+    /// never heartbeats was never told: it runs on.
+    fn stop_when_told_and_grace_ran_out(&mut self, s: &Settings, pod: &PodView, since: Timestamp) {
+        let Some(told) = self.status.last_heartbeat_time.as_ref().map(|t| t.0).filter(|t| *t >= since) else {
+            return;
+        };
+        let grace_end = add(told, s.cancellation_grace);
+        if self.now < grace_end {
+            return self.deadlines.push(grace_end);
+        }
+        if pod.stop_by.is_none() && !pod.deleting {
+            self.actions.push(Action::StopPod { name: pod.name.clone() });
+        }
+    }
+
+    /// Whether a new `spec.reset.requestedAt` waits to be done (never while canceling or canceled).
+    fn reset_pending(&self, deleting: bool) -> bool {
+        let Some(requested) = self.activity.spec.reset.as_ref().and_then(|r| r.requested_at.as_deref()) else {
+            return false;
+        };
+        let done = self.status.last_reset.as_ref().map(|r| r.requested_at.as_str());
+        let canceling = deleting
+            || self.activity.spec.cancel_requested
+            || matches!(self.phase(), Some(Phase::Canceling | Phase::Canceled));
+        !requested.is_empty() && done != Some(requested) && !canceling
+    }
+
+    /// Does the reset: stops a live attempt first (the worker is told `Reset` in its heartbeat
+    /// reply; its pod is stopped once cancellationGracePeriod from the request has passed), then
+    /// starts the next attempt with a fresh budget, backoff and scheduleToClose clock. Returns
+    /// whether the pass goes on (false: this pass waits for the worker to stop).
+    fn reset(&mut self, s: &Settings) -> bool {
+        let Some(request) = self.activity.spec.reset.clone() else { return true };
+        let requested_at = request.requested_at.unwrap_or_default();
+        let attempt = self.attempt();
+        let live = matches!(self.phase(), Some(Phase::Pending | Phase::Running));
+        if live && let Some(pod) = self.current_pod().cloned().filter(|p| p.pod_live) {
+            let requested = requested_at.parse::<Timestamp>().ok().filter(|t| *t <= self.now).unwrap_or(self.created());
+            let grace_end = add(requested, s.cancellation_grace);
+            if self.now >= grace_end {
+                if pod.stop_by.is_none() && !pod.deleting {
+                    self.actions.push(Action::StopPod { name: pod.name });
+                }
+            } else {
+                self.deadlines.push(grace_end);
+            }
+            return false;
+        }
+        if self.previous_attempt_still_runs() {
+            return false;
+        }
+        self.record_attempt_if_live("Reset", None);
+        self.status.last_reset =
+            Some(LastReset { requested_at: requested_at.clone(), time: time(self.now), attempt: attempt + 1 });
+        self.status.counted_attempts = Some(0);
+        self.status.closed_time = None;
+        self.status.result = None;
+        self.status.cancel_requested_time = None;
+        if request.clear_heartbeat_details {
+            self.status.heartbeat_details = None;
+            self.status.last_heartbeat_time = None;
+        }
+        self.events.push(Event {
+            warning: false,
+            reason: Reason::Reset,
+            message: format!(
+                "reset (requestedAt {requested_at}): attempt {} starts with a fresh retry budget{}",
+                attempt + 1,
+                if request.clear_heartbeat_details { ", without heartbeat details" } else { "" }
+            ),
+        });
+        if self.activity.spec.paused {
+            self.enter_paused();
+        } else {
+            // Attempt `attempt + 1` starts below (phase BackingOff with no wait).
+            self.status.phase = Some(Phase::BackingOff);
+            self.status.next_attempt_schedule_time = None;
+        }
+        true
+    }
+
     fn timeout_failure(&self, kind: TimeoutType, message: String) -> Failure {
         Failure {
             timeout_type: Some(kind),
@@ -502,20 +724,29 @@ impl<'a> Planner<'a> {
             });
         }
         let final_phase = if timed_out { Phase::TimedOut } else { Phase::Failed };
-        if failure.non_retryable || s.retry.is_non_retryable_type(&failure.type_) {
+        let exit_code_listed = failure.type_ == "ExitCode"
+            && failure.exit_code.is_some_and(|code| s.retry.non_retryable_exit_codes.contains(&code));
+        let counted = self.counted_before().saturating_add(1);
+        self.status.counted_attempts = Some(counted);
+        if failure.non_retryable || s.retry.is_non_retryable_type(&failure.type_) || exit_code_listed {
             failure.non_retryable = true;
             self.record_attempt_if_live(outcome, Some(&failure));
             return self.finish(final_phase, Some(failure), None);
         }
         self.record_attempt_if_live(outcome, Some(&failure));
-        if !s.retry.attempts_left_after(attempt) {
+        if !s.retry.attempts_left_after(counted) {
             failure.message = format!("{} (maximumAttempts {} reached)", failure.message, s.retry.maximum_attempts);
             return self.finish(final_phase, Some(failure), None);
         }
-        let delay = s.retry.delay_after(attempt);
+        if self.pausing {
+            // No retry while paused: the unpause starts the next attempt.
+            self.status.last_failure = Some(failure);
+            return self.enter_paused();
+        }
+        let delay = self.next_retry_delay.unwrap_or_else(|| s.retry.delay_after(counted));
         let next = add(self.now, delay);
         if let Some(limit) = s.schedule_to_close {
-            let deadline = add(self.created(), limit);
+            let deadline = add(self.clock_start(s), limit);
             if next >= deadline {
                 let stop = self.timeout_failure(
                     TimeoutType::ScheduleToClose,
@@ -716,6 +947,7 @@ fn conditions(
     previous: &[Condition],
     status: &ActivityStatus,
     waiting: Option<&str>,
+    paused_spec: bool,
     now: Timestamp,
 ) -> Vec<Condition> {
     let Some(phase) = status.phase else {
@@ -733,7 +965,8 @@ fn conditions(
         _ if terminal => format!("phase {reason}"),
         _ => "not finished".to_string(),
     };
-    let wanted = [
+    let paused = phase == Phase::Paused || (paused_spec && !terminal);
+    let mut wanted = vec![
         ("Running", if phase == Phase::Running { "True" } else { "False" }, running_message),
         ("Finished", if terminal { "True" } else { "False" }, finished_message.clone()),
         (
@@ -746,7 +979,16 @@ fn conditions(
             finished_message,
         ),
     ];
-    let managed = wanted.iter().map(|(type_, ..)| *type_).collect::<Vec<_>>();
+    if paused {
+        let message = if phase == Phase::Paused {
+            "paused: no attempt starts until spec.paused is false".to_string()
+        } else {
+            format!("pause requested: attempt {} stops when its worker hears of it", status.attempt.unwrap_or(0))
+        };
+        wanted.push(("Paused", "True", message));
+    }
+    // `Paused` is present only while paused.
+    let managed = ["Running", "Finished", "Succeeded", "Paused"];
     // Conditions the planner does not manage (`Stalled`, set and cleared by the controller) stay.
     let others = previous.iter().filter(|c| !managed.contains(&c.type_.as_str())).cloned().collect::<Vec<_>>();
     wanted

@@ -38,6 +38,7 @@ fn waiting(attempt: i32, reason: Option<&str>) -> PodView {
         deleting: false,
         pod_live: true,
         stop_by: None,
+        disrupted: false,
         worker: WorkerState::Waiting { reason: reason.map(String::from), message: None },
     }
 }
@@ -49,6 +50,7 @@ fn running(attempt: i32, started_ms: i64) -> PodView {
         deleting: false,
         pod_live: true,
         stop_by: None,
+        disrupted: false,
         worker: WorkerState::Running { started_at: Some(at(started_ms)) },
     }
 }
@@ -60,6 +62,7 @@ fn exited(attempt: i32, code: Option<i32>, reason: &str, disrupted: bool) -> Pod
         deleting: false,
         pod_live: false,
         stop_by: None,
+        disrupted,
         worker: WorkerState::Exited(Exit {
             exit_code: code,
             reason: Some(reason.into()),
@@ -784,4 +787,219 @@ fn conditions_the_planner_does_not_manage_are_kept() {
     let p = plan(&a, &[running(1, 0)], at(2_000));
     assert!(p.status.conditions.contains(&stalled), "{:?}", p.status.conditions);
     assert_eq!(p.status.conditions.len(), 4);
+}
+
+fn status_mut(a: &mut Activity) -> &mut ActivityStatus {
+    a.status.get_or_insert_with(ActivityStatus::default)
+}
+
+fn paused(mut a: Activity, on: bool) -> Activity {
+    a.spec.paused = on;
+    a
+}
+
+fn reset_at(mut a: Activity, at: &str, clear: bool) -> Activity {
+    a.spec.reset = Some(activity_crds::ResetRequest { requested_at: Some(at.into()), clear_heartbeat_details: clear });
+    a
+}
+
+#[test]
+fn pause_stops_what_has_not_started_and_unpause_starts_the_next_attempt_at_once() {
+    // Pending (pod created, worker not started): Paused at once, its pod stopped, not counted.
+    let pending = applied(seed(), &plan(&seed(), &[], at(0)));
+    let p = plan(&paused(pending.clone(), true), &[waiting(1, None)], at(100));
+    assert_eq!(p.status.phase, Some(Phase::Paused));
+    assert!(p.has(&Action::StopPod { name: "job-1".into() }));
+    assert_eq!(reasons(&p), vec!["Paused"]);
+    assert!(p.status.conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True"));
+    let is_paused = applied(paused(pending, true), &p);
+    // No attempt starts while paused, however long.
+    let p = plan(&is_paused, &[exited(1, Some(143), "Error", false)], at(60_000));
+    assert_eq!((p.status.phase, p.actions.clone()), (Some(Phase::Paused), vec![]));
+    // Unpaused: attempt 2 at once (the stopped attempt 1 did not count).
+    let p = plan(&paused(is_paused, false), &[exited(1, Some(143), "Error", false)], at(61_000));
+    assert_eq!((p.status.phase, p.status.attempt), (Some(Phase::Pending), Some(2)));
+    assert_eq!(reasons(&p), vec!["Unpaused"]);
+    assert!(!p.status.conditions.iter().any(|c| c.type_ == "Paused"));
+    // BackingOff: paused, no retry at the scheduled time.
+    let mut backing_off = seed();
+    *status_mut(&mut backing_off) = ActivityStatus {
+        phase: Some(Phase::BackingOff),
+        attempt: Some(1),
+        pod_name: Some("job-1".into()),
+        next_attempt_schedule_time: Some(MicroTime(at(1_000))),
+        ..ActivityStatus::default()
+    };
+    let p = plan(&paused(backing_off, true), &[exited(1, Some(1), "Error", false)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Paused));
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })));
+}
+
+#[test]
+fn a_running_worker_stopped_by_a_pause_does_not_count_and_a_failure_waits_for_the_unpause() {
+    let act = paused(running_activity(seed(), 1, 1_000), true);
+    // Still running (and heartbeating): it is told in its heartbeat reply; nothing to do yet.
+    let mut beating = act.clone();
+    status_mut(&mut beating).last_heartbeat_time = Some(MicroTime(at(1_500)));
+    let p = plan(&beating, &[running(1, 0)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Running));
+    // It stops as told: Paused, the attempt not counted.
+    let stopped =
+        with_outcome(act.clone(), Outcome { canceled: true, cause: Some(StopCause::Paused), ..outcome(1, false) });
+    let p = plan(&stopped, &[running(1, 0)], at(2_000));
+    assert_eq!((p.status.phase, p.status.counted_attempts), (Some(Phase::Paused), None));
+    assert_eq!(p.status.attempts.last().map(|r| r.outcome.as_str()), Some("Paused"));
+    // A failure while paused: recorded and counted, but no retry until unpaused.
+    let failed = with_outcome(
+        act,
+        Outcome { failure: Some(WorkerFailure { type_: "Boom".into(), ..Default::default() }), ..outcome(1, false) },
+    );
+    let p = plan(&failed, &[running(1, 0)], at(2_000));
+    assert_eq!((p.status.phase, p.status.counted_attempts), (Some(Phase::Paused), Some(1)));
+    assert_eq!(p.status.next_attempt_schedule_time, None);
+}
+
+#[test]
+fn reset_reruns_a_failed_activity_with_a_fresh_budget_and_numbers_that_keep_increasing() {
+    let mut failed = seed();
+    *status_mut(&mut failed) = ActivityStatus {
+        phase: Some(Phase::Failed),
+        attempt: Some(4),
+        pod_name: Some("job-4".into()),
+        counted_attempts: Some(4),
+        closed_time: Some(MicroTime(at(30_000))),
+        heartbeat_details: Some(raw(json!({"lastItem": 8}))),
+        ..ActivityStatus::default()
+    };
+    failed.metadata.finalizers = None;
+    let p = plan(
+        &reset_at(failed.clone(), "2026-01-01T00:00:00Z", false),
+        &[exited(4, Some(1), "Error", false)],
+        at(40_000),
+    );
+    assert_eq!((p.status.phase, p.status.attempt), (Some(Phase::Pending), Some(5)));
+    assert!(p.has(&Action::AddFinalizer) && p.has(&Action::CreatePod { attempt: 5 }));
+    let last = p.status.last_reset.clone().unwrap();
+    assert_eq!(
+        (last.requested_at.as_str(), last.attempt, last.time),
+        ("2026-01-01T00:00:00Z", 5, MicroTime(at(40_000)))
+    );
+    assert_eq!((p.status.counted_attempts, p.status.closed_time.clone()), (Some(0), None));
+    assert!(p.status.heartbeat_details.is_some(), "details are kept unless clearHeartbeatDetails");
+    assert!(reasons(&p).contains(&"Reset"));
+    // Done once per requestedAt.
+    let again = applied(reset_at(failed.clone(), "2026-01-01T00:00:00Z", false), &p);
+    let p2 = plan(&again, &[running(5, 40_100)], at(41_000));
+    assert!(!reasons(&p2).contains(&"Reset"));
+    assert_eq!(p2.status.attempt, Some(5));
+    // With clearHeartbeatDetails the details go.
+    let p = plan(&reset_at(failed, "x", true), &[], at(40_000));
+    assert!(p.status.heartbeat_details.is_none());
+}
+
+#[test]
+fn reset_of_a_running_attempt_waits_for_the_worker_then_starts_the_next() {
+    let act = reset_at(running_activity(seed(), 1, 1_000), &at(2_000).to_string(), false);
+    let p = plan(&act, &[running(1, 0)], at(3_000));
+    assert_eq!((p.status.phase, p.status.attempt), (Some(Phase::Running), Some(1)), "the worker is told first");
+    // Past cancellationGracePeriod (30 s) from the request: its pod is stopped.
+    let p = plan(&act, &[running(1, 0)], at(32_000));
+    assert!(p.has(&Action::StopPod { name: "job-1".into() }));
+    // Gone: attempt 2 with a fresh budget.
+    let p = plan(&act, &[exited(1, Some(143), "Error", false)], at(33_000));
+    assert_eq!((p.status.phase, p.status.attempt), (Some(Phase::Pending), Some(2)));
+    assert_eq!(p.status.attempts.last().map(|r| r.outcome.as_str()), Some("Reset"));
+}
+
+#[test]
+fn cancel_beats_reset_and_reset_beats_pause() {
+    let both = reset_at(paused(cancel_requested(running_activity(seed(), 1, 1_000)), true), "r1", false);
+    let p = plan(&both, &[exited(1, Some(0), "Completed", false)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Canceled));
+    assert!(p.status.last_reset.is_none(), "no reset of a canceled activity");
+    // Reset and pause together: the reset is done (fresh budget) and the activity stays paused.
+    let mut failed = seed();
+    *status_mut(&mut failed) = ActivityStatus {
+        phase: Some(Phase::Failed),
+        attempt: Some(2),
+        pod_name: Some("job-2".into()),
+        ..ActivityStatus::default()
+    };
+    let p = plan(&reset_at(paused(failed, true), "r1", false), &[], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Paused));
+    assert_eq!(p.status.last_reset.map(|r| r.attempt), Some(3));
+}
+
+#[test]
+fn start_delay_schedules_the_first_attempt_and_starts_the_schedule_to_close_clock() {
+    let a = activity(json!({"startToCloseTimeout": "1m", "scheduleToCloseTimeout": "10s", "startDelay": "5s"}));
+    let p = plan(&a, &[], at(0));
+    assert_eq!(p.status.phase, Some(Phase::Scheduled));
+    assert!(p.actions.iter().all(|x| !matches!(x, Action::CreatePod { .. })));
+    let scheduled = applied(a, &p);
+    assert!(plan(&scheduled, &[], at(4_999)).status.phase == Some(Phase::Scheduled), "never early");
+    let p = plan(&scheduled, &[], at(5_000));
+    assert_eq!(p.status.phase, Some(Phase::Pending));
+    // scheduleToClose counts from 5 s: still open at 14.9 s, lapsed at 15 s.
+    let pending = applied(scheduled, &p);
+    assert_eq!(plan(&pending, &[waiting(1, None)], at(14_900)).status.phase, Some(Phase::Pending));
+    assert_eq!(plan(&pending, &[waiting(1, None)], at(15_000)).status.phase, Some(Phase::TimedOut));
+}
+
+#[test]
+fn the_workers_next_retry_delay_replaces_the_backoff() {
+    let a = activity(
+        json!({"startToCloseTimeout": "1m", "retryPolicy": {"initialInterval": "1s", "maximumInterval": "2s"}}),
+    );
+    let failure =
+        WorkerFailure { type_: "RateLimited".into(), next_retry_delay: Some("7s".into()), ..Default::default() };
+    let a = with_outcome(running_activity(a, 1, 1_000), Outcome { failure: Some(failure), ..outcome(1, false) });
+    let p = plan(&a, &[running(1, 0)], at(2_000));
+    assert_eq!(p.status.next_attempt_schedule_time, Some(MicroTime(at(9_000))), "7 s, not capped by maximumInterval");
+}
+
+#[test]
+fn a_listed_exit_code_fails_at_once() {
+    let a = activity(json!({"startToCloseTimeout": "1m", "retryPolicy": {"nonRetryableExitCodes": [3]}}));
+    let a = running_activity(a, 1, 1_000);
+    let p = plan(&a, &[exited(1, Some(3), "Error", false)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert!(p.status.last_failure.unwrap().non_retryable);
+    let p = plan(&a, &[exited(1, Some(4), "Error", false)], at(2_000));
+    assert_eq!(p.status.phase, Some(Phase::BackingOff));
+}
+
+#[test]
+fn disruptions_are_retried_at_once_without_counting_up_to_the_limit() {
+    let a =
+        activity(json!({"startToCloseTimeout": "1m", "retryPolicy": {"maximumAttempts": 1, "maximumDisruptions": 1}}));
+    let p = plan(&running_activity(a.clone(), 1, 1_000), &[exited(1, Some(137), "Evicted", true)], at(2_000));
+    assert_eq!(
+        (p.status.phase, p.status.disruptions, p.status.counted_attempts),
+        (Some(Phase::BackingOff), Some(1), Some(0))
+    );
+    assert_eq!(p.status.next_attempt_schedule_time, Some(MicroTime(at(2_000))), "at once");
+    assert!(reasons(&p).contains(&"Disrupted"));
+    // The second disruption is over the limit: an ordinary failure, and maximumAttempts 1 ends it.
+    let mut second = running_activity(a, 2, 3_000);
+    status_mut(&mut second).disruptions = Some(1);
+    status_mut(&mut second).counted_attempts = Some(0);
+    let p = plan(&second, &[exited(2, Some(137), "Evicted", true)], at(4_000));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+}
+
+#[test]
+fn a_pod_being_evicted_is_judged_disrupted_before_it_disappears() {
+    let a = running_activity(seed(), 1, 1_000);
+    let mut evicting = running(1, 0);
+    evicting.disrupted = true;
+    evicting.deleting = true;
+    evicting.stop_by = Some(at(32_000));
+    let p = plan(&a, &[evicting.clone()], at(2_000));
+    assert_eq!((p.status.phase, p.status.disruptions), (Some(Phase::BackingOff), Some(1)));
+    assert_eq!(p.status.last_failure.as_ref().map(|f| f.type_.as_str()), Some("Evicted"));
+    // The next attempt waits until the evicted pod has stopped.
+    let backing_off = applied(a, &p);
+    assert!(!plan(&backing_off, &[evicting], at(2_100)).has(&Action::CreatePod { attempt: 2 }));
+    assert!(plan(&backing_off, &[], at(2_100)).has(&Action::CreatePod { attempt: 2 }));
 }

@@ -106,6 +106,9 @@ pub struct PodView {
     /// When the pod was asked to stop (deleted, or stopped by the operator), plus its grace
     /// period: by then its containers should be gone.
     pub stop_by: Option<Timestamp>,
+    /// The pod is being disrupted (condition `DisruptionTarget`, or evicted): its worker is about
+    /// to be stopped by the cluster, not by a failure of its own.
+    pub disrupted: bool,
     pub worker: WorkerState,
 }
 
@@ -327,6 +330,7 @@ impl PodView {
             deleting: false,
             pod_live: true,
             stop_by: None,
+            disrupted: false,
             worker: WorkerState::Waiting { reason: None, message: None },
         }
     }
@@ -367,6 +371,7 @@ impl PodView {
             deleting: pod.metadata.deletion_timestamp.is_some(),
             pod_live: !pod_done && (worker.is_live() || status.others_running),
             stop_by: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0).or(stopped_by),
+            disrupted,
             worker,
         }
     }

@@ -31,6 +31,14 @@ pub enum Reason {
     InvalidSpec,
     /// A worker wrote more than the payload limit (heartbeat details or a result).
     PayloadTooLarge,
+    /// `spec.paused` took effect: no attempt starts.
+    Paused,
+    /// `spec.paused` was cleared: the next attempt starts.
+    Unpaused,
+    /// A reset was done: a fresh retry budget, backoff and scheduleToClose clock.
+    Reset,
+    /// An attempt was disrupted (eviction, preemption, node loss): retried at once, not counted.
+    Disrupted,
     /// The activity reached a terminal phase.
     Finished(Phase),
 }
@@ -55,6 +63,10 @@ impl Reason {
             Reason::ApiError => "APIError",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::PayloadTooLarge => "PayloadTooLarge",
+            Reason::Paused => "Paused",
+            Reason::Unpaused => "Unpaused",
+            Reason::Reset => "Reset",
+            Reason::Disrupted => "Disrupted",
             Reason::Finished(phase) => phase.as_str(),
         }
     }

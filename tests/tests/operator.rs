@@ -968,3 +968,153 @@ fn a_metrics_address_in_use_stops_the_operator_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--metrics-bind-address") && stderr.contains(&addr), "{stderr}");
 }
+
+fn batch(total: u32, fail_after: u32) -> Value {
+    json!({"spec": {"containers": [{"name": "worker", "image": "ghcr.io/heartbeat-dev/activity-worker:0.1.0",
+        "args": ["demo", "batch", "--total", total.to_string(), "--fail-after", fail_after.to_string(),
+                 "--item-duration", "300ms"]}]}})
+}
+
+async fn set_spec(s: &Scenario, name: &str, spec: Value) {
+    s.acts.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec}))).await.expect("patch spec");
+}
+
+fn last_item(a: &Activity) -> Option<i64> {
+    status(a).heartbeat_details?.to_value().ok()?["lastItem"].as_i64()
+}
+
+/// Pause a heartbeating worker: it stops on its next reply (cause Paused), nothing starts while
+/// paused, the stopped attempt does not count; unpause resumes from the last details.
+#[tokio::test]
+async fn pause_stops_a_heartbeating_worker_and_unpause_resumes_from_its_details() {
+    let s = Scenario::new("op-pause").await;
+    s.create(
+        "p",
+        json!({"startToCloseTimeout": "2m", "heartbeatTimeout": "2s",
+               "retryPolicy": {"initialInterval": "1s", "maximumAttempts": 1}, "template": batch(60, 100)}),
+    )
+    .await;
+    s.wait("p", 60, "a few items done", |a| last_item(a).is_some_and(|i| i >= 2)).await;
+    set_spec(&s, "p", json!({"paused": true})).await;
+    let a = s.wait_phase("p", Phase::Paused, 60).await;
+    let st = status(&a);
+    assert_eq!(st.attempts.last().map(|r| r.outcome.as_str()), Some("Paused"), "{st:?}");
+    let stopped_at = last_item(&a).expect("details");
+    assert!(stopped_at < 59, "stopped before the end: {stopped_at}");
+    // Nothing starts while paused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a = s.acts.get("p").await.expect("get");
+    assert_eq!((phase_of(&a), status(&a).attempt), (Some(Phase::Paused), Some(1)));
+    set_spec(&s, "p", json!({"paused": false})).await;
+    // maximumAttempts 1: the paused attempt did not count, so attempt 2 may run and finish.
+    let a = s.wait_phase("p", Phase::Succeeded, 90).await;
+    assert_eq!(status(&a).attempt, Some(2));
+    let log = kubectl(&["logs", "-n", &s.ns.name, "p-2"]).expect("logs");
+    assert!(
+        log.contains(&format!("resuming at item {}", stopped_at + 1)),
+        "attempt 2 resumed from the details:\n{log}"
+    );
+    s.finish().await;
+}
+
+/// Reset a Failed activity that used all its attempts: it runs again with a fresh budget.
+#[tokio::test]
+async fn reset_reruns_a_failed_activity_with_a_fresh_budget() {
+    let s = Scenario::new("op-reset").await;
+    s.create(
+        "r",
+        json!({"startToCloseTimeout": "1m", "retryPolicy": {"initialInterval": "1s", "maximumAttempts": 1},
+               "template": shell("test \"$ACTIVITY_ATTEMPT\" -ge 2")}),
+    )
+    .await;
+    s.wait_phase("r", Phase::Failed, 60).await;
+    set_spec(&s, "r", json!({"reset": {"requestedAt": "2026-11-27T00:00:00Z"}})).await;
+    let a = s.wait_phase("r", Phase::Succeeded, 60).await;
+    let st = status(&a);
+    assert_eq!(st.attempt, Some(2));
+    assert_eq!(st.last_reset.map(|r| (r.requested_at, r.attempt)), Some(("2026-11-27T00:00:00Z".into(), 2)));
+    assert!(event_reasons(&s, "r").iter().any(|r| r == "Reset"));
+    s.finish().await;
+}
+
+/// `::fail` with nextRetryDelay 7s and an initial interval of 1 s: the next attempt is 7 s later.
+#[tokio::test]
+async fn a_workers_next_retry_delay_schedules_the_next_attempt() {
+    let s = Scenario::new("op-delay").await;
+    let script = r#"if [ "$ACTIVITY_ATTEMPT" = 1 ]; then echo '::fail {"type":"RateLimited","message":"slow down","nextRetryDelay":"7s"}'; exit 1; fi"#;
+    let template = json!({"spec": {"containers": [{"name": "worker", "image": "ghcr.io/heartbeat-dev/activity-worker:0.1.0",
+        "args": ["exec", "--", "sh", "-c", script]}]}});
+    s.create("d", json!({"startToCloseTimeout": "1m", "retryPolicy": {"initialInterval": "1s"}, "template": template}))
+        .await;
+    let a = s.wait_phase("d", Phase::BackingOff, 60).await;
+    let st = status(&a);
+    let failed_at = st.last_failure.clone().expect("failure").time.0;
+    let next = st.next_attempt_schedule_time.expect("next").0;
+    let delay = next.duration_since(failed_at).as_secs_f64();
+    assert!((6.9..7.1).contains(&delay), "next attempt {delay} s after the failure");
+    s.wait_phase("d", Phase::Succeeded, 60).await;
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_non_retryable_exit_code_fails_on_the_first_attempt() {
+    let s = Scenario::new("op-exitcode").await;
+    s.create("e", json!({"startToCloseTimeout": "1m", "retryPolicy": {"nonRetryableExitCodes": [3]}, "template": shell("exit 3")}))
+        .await;
+    let a = s.wait_phase("e", Phase::Failed, 60).await;
+    let f = status(&a).last_failure.expect("failure");
+    assert_eq!((f.attempt, f.exit_code, f.non_retryable), (1, Some(3), true));
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn start_delay_holds_the_first_pod_back() {
+    let s = Scenario::new("op-delaystart").await;
+    let created =
+        s.create("late", json!({"startToCloseTimeout": "1m", "startDelay": "5s", "template": shell("exit 0")})).await;
+    s.wait_phase("late", Phase::Scheduled, 30).await;
+    s.wait_phase("late", Phase::Succeeded, 60).await;
+    let pod = s.pods.get("late-1").await.expect("pod");
+    let after =
+        pod.metadata.creation_timestamp.expect("t").0.duration_since(created.metadata.creation_timestamp.expect("t").0);
+    assert!(after.as_secs_f64() >= 5.0, "the pod was created {after:?} after the activity");
+    s.finish().await;
+}
+
+/// A heartbeat timeout shortened on a live activity times it out by the new value.
+#[tokio::test]
+async fn a_heartbeat_timeout_shortened_on_a_live_activity_applies_at_once() {
+    let s = Scenario::new("op-live").await;
+    s.create(
+        "h",
+        json!({"startToCloseTimeout": "10m", "heartbeatTimeout": "5m", "retryPolicy": {"maximumAttempts": 1},
+               "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("h", Phase::Running, 60).await;
+    set_spec(&s, "h", json!({"heartbeatTimeout": "2s"})).await;
+    let a = s.wait_phase("h", Phase::TimedOut, 60).await;
+    let f = status(&a).last_failure.expect("failure");
+    assert_eq!(f.timeout_type, Some(TimeoutType::Heartbeat));
+    assert!(f.message.contains("heartbeatTimeout 2s"), "{}", f.message);
+    s.finish().await;
+}
+
+/// An evicted pod (the Eviction API) is retried at once without using the budget.
+#[tokio::test]
+async fn an_evicted_attempt_is_retried_without_using_the_budget() {
+    let s = Scenario::new("op-evict").await;
+    s.create(
+        "v",
+        json!({"startToCloseTimeout": "5m", "retryPolicy": {"maximumAttempts": 1}, "template": shell("sleep 3600")}),
+    )
+    .await;
+    s.wait_phase("v", Phase::Running, 60).await;
+    s.pods.evict("v-1", &kube::api::EvictParams::default()).await.expect("evict");
+    let a = s
+        .wait("v", 120, "attempt 2 running", |a| status(a).attempt == Some(2) && phase_of(a) == Some(Phase::Running))
+        .await;
+    assert_eq!(status(&a).disruptions, Some(1));
+    assert!(event_reasons(&s, "v").iter().any(|r| r == "Disrupted"));
+    s.finish().await;
+}
