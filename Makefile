@@ -5,8 +5,9 @@
 #   make build         build every binary of the workspace
 #   make cluster       build, then start the local cluster (idempotent)
 #   make cluster-down  stop it
-#   make test          fmt, clippy, unit tests, cluster selftest, then the integration tests against
-#                      the local cluster (started, and stopped again, if it was not running)
+#   make test          the Go and Python SDKs' suites, fmt, clippy, unit tests, cluster selftest,
+#                      then the integration tests (operator, worker, CLI, chart) against the local
+#                      cluster (started, and stopped again, if it was not running)
 #   make dev           cluster + the operator from the chart + the examples, then how to watch them
 #   make images        the OCI images (static musl binaries on scratch, built by buildah from
 #                      operator/Dockerfile and worker-image/Dockerfile; deploy/local/images.sh), pushed
@@ -44,7 +45,23 @@ images:
 	  echo "images: no local registry runs (cluster.sh up with ACTIVITY_REAL_NODE=1 starts one and pushes these)"; \
 	fi
 
-test:
+# The Python SDK's tools and its one dependency (the official kubernetes client), from PyPI, in a
+# virtualenv outside the repository.
+VENV ?= $(or $(ACTIVITY_CACHE),$(HOME)/.cache/activity-operator)/venv
+$(VENV)/.installed: sdk/python/pyproject.toml
+	[[ -x $(VENV)/bin/python ]] || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q pytest mypy ruff -e sdk/python
+	touch $@
+
+.PHONY: test-sdk
+# The Go and Python worker SDKs: lint, types, unit tests and the shared conformance scenarios
+# (sdk/conformance; the Rust SDK runs them in worker-image/tests/conformance.rs).
+test-sdk: $(VENV)/.installed
+	cd sdk/go && go vet ./... && test -z "$$(gofmt -l .)" && go test ./...
+	cd sdk/python && $(VENV)/bin/ruff check && $(VENV)/bin/ruff format --check && $(VENV)/bin/mypy && $(VENV)/bin/pytest -q
+
+test: test-sdk
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace --lib --bins
