@@ -57,7 +57,10 @@ fn check(details: &str) {
     // And it encodes again, still at that depth.
     let text = serde_json::to_string(&activity).expect("encodes");
     let again: Activity = serde_json::from_str(&text).expect("decodes again");
-    assert_eq!(again.status.and_then(|s| s.heartbeat_details).map(|d| d.get().to_string()), Some(details.trim().to_string()));
+    assert_eq!(
+        again.status.and_then(|s| s.heartbeat_details).map(|d| d.get().to_string()),
+        Some(details.trim().to_string())
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
