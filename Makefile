@@ -48,10 +48,13 @@ images:
 # The Python SDK's tools and its one dependency (the official kubernetes client), from PyPI, in a
 # virtualenv outside the repository.
 VENV ?= $(or $(ACTIVITY_CACHE),$(HOME)/.cache/activity-operator)/venv
+# The SDK itself is not installed: the venv is shared by every checkout, so the suite imports the
+# checkout's own sources (PYTHONPATH=src).
 $(VENV)/.installed: sdk/python/pyproject.toml
 	[[ -x $(VENV)/bin/python ]] || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q pytest mypy ruff -e sdk/python
+	$(VENV)/bin/pip uninstall -q -y heartbeat-activity 2>/dev/null || true
+	$(VENV)/bin/pip install -q pytest mypy ruff 'kubernetes>=29'
 	touch $@
 
 .PHONY: test-sdk
@@ -59,7 +62,8 @@ $(VENV)/.installed: sdk/python/pyproject.toml
 # (sdk/conformance; the Rust SDK runs them in worker-image/tests/conformance.rs).
 test-sdk: $(VENV)/.installed
 	cd sdk/go && go vet ./... && test -z "$$(gofmt -l .)" && go test ./...
-	cd sdk/python && $(VENV)/bin/ruff check && $(VENV)/bin/ruff format --check && $(VENV)/bin/mypy && $(VENV)/bin/pytest -q
+	cd sdk/python && $(VENV)/bin/ruff check && $(VENV)/bin/ruff format --check && $(VENV)/bin/mypy && \
+	  PYTHONPATH=src $(VENV)/bin/pytest -q
 
 test: test-sdk
 	cargo fmt --all -- --check

@@ -164,7 +164,8 @@ pub struct ActivitySpec {
     pub cancel_requested: bool,
 
     /// After a cancel is requested, how long the worker may take to stop before its pod is
-    /// deleted. Default `30s`.
+    /// deleted (after a pause or a reset it told the worker of: before its pod is stopped).
+    /// Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "duration_schema")]
     pub cancellation_grace_period: Option<String>,
@@ -406,7 +407,9 @@ pub struct ActivityStatus {
     /// last reset (attempts stopped by a pause or a reset, and disruptions, do not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_attempts: Option<i32>,
-    /// Standard conditions: `Running`, `Finished`, `Succeeded`, each with a reason.
+    /// Standard conditions: `Running`, `Finished`, `Succeeded`, each with a reason; `Paused` while
+    /// paused; `Stalled` while something keeps the operator from moving the activity on (its
+    /// reason and message say what, e.g. WorkerServiceAccountMissing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The metadata.generation this status was computed from.
@@ -421,7 +424,7 @@ pub struct Failure {
     /// The attempt that failed.
     pub attempt: i32,
     /// Error type: the worker's own type, `ExitCode`, `OOMKilled`, `Evicted`, `Timeout`,
-    /// `PodCreationFailed`, `InvalidSpec`, `PodDeleted`…
+    /// `PodRejected`, `InvalidSpec`, `PodDeleted`, `PayloadTooLarge`…
     #[serde(rename = "type")]
     pub type_: String,
     /// Human-readable description.
@@ -507,7 +510,8 @@ pub struct AttemptRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_time: Option<MicroTime>,
     pub closed_time: MicroTime,
-    /// `Succeeded`, `Failed`, `TimedOut` or `Canceled`.
+    /// `Succeeded`, `Failed`, `TimedOut`, `Canceled`, or `Paused`/`Reset` (stopped by a pause or a
+    /// reset; not counted toward maximumAttempts).
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,

@@ -295,7 +295,7 @@ impl<'a> Planner<'a> {
                     format!("the activity did not finish within scheduleToCloseTimeout {}", format_duration(limit)),
                 );
                 self.record_attempt_if_live("TimedOut", Some(&failure));
-                return self.finish(Phase::TimedOut, Some(failure), None);
+                return self.timed_out_for_good(failure);
             }
             self.deadlines.push(deadline);
         }
@@ -473,10 +473,19 @@ impl<'a> Planner<'a> {
                 ),
             );
             self.record_attempt_if_live("TimedOut", Some(&failure));
-            self.finish(Phase::TimedOut, Some(failure), None);
+            self.timed_out_for_good(failure);
         } else {
             self.deadlines.push(deadline);
         }
+    }
+
+    /// A timeout that is never retried (schedule-to-start, schedule-to-close): its Event, then
+    /// the end.
+    fn timed_out_for_good(&mut self, failure: Failure) {
+        if let Some(kind) = failure.timeout_type {
+            self.events.push(Event { warning: true, reason: Reason::TimedOut(kind), message: failure.message.clone() });
+        }
+        self.finish(Phase::TimedOut, Some(failure), None);
     }
 
     fn arm_running_deadlines(&mut self, s: &Settings) {

@@ -333,6 +333,7 @@ fn schedule_to_start_lapses_on_an_image_that_never_pulls() {
     assert!(running_cond.message.contains("ErrImagePull"), "{}", running_cond.message);
     let p = plan(&a, &[waiting(1, Some("ImagePullBackOff"))], at(3_000));
     assert_eq!(p.status.phase, Some(Phase::TimedOut), "never retried");
+    assert_eq!(reasons(&p), vec!["ScheduleToStartTimedOut", "TimedOut"], "the timeout's own Event (and metric)");
     let f = p.status.last_failure.clone().unwrap();
     assert_eq!((f.timeout_type, f.non_retryable), (Some(TimeoutType::ScheduleToStart), true));
     assert!(f.message.contains("ImagePullBackOff"), "{}", f.message);
@@ -373,6 +374,7 @@ fn schedule_to_close_ends_retries_and_running_attempts() {
     assert_eq!(p.status.phase, Some(Phase::TimedOut));
     assert_eq!(p.status.last_failure.clone().unwrap().timeout_type, Some(TimeoutType::ScheduleToClose));
     assert!(p.has(&Action::StopPod { name: "job-2".into() }));
+    assert!(reasons(&p).contains(&"ScheduleToCloseTimedOut"));
 }
 
 #[test]

@@ -1118,3 +1118,49 @@ async fn an_evicted_attempt_is_retried_without_using_the_budget() {
     assert!(event_reasons(&s, "v").iter().any(|r| r == "Disrupted"));
     s.finish().await;
 }
+
+/// Pause a BackingOff activity: no retry while paused; unpaused, the retry starts.
+#[tokio::test]
+async fn a_paused_backing_off_activity_does_not_retry_until_unpaused() {
+    let s = Scenario::new("op-pauseretry").await;
+    s.create(
+        "b",
+        json!({"startToCloseTimeout": "1m", "retryPolicy": {"initialInterval": "4s"},
+               "template": shell("test \"$ACTIVITY_ATTEMPT\" -ge 2")}),
+    )
+    .await;
+    s.wait_phase("b", Phase::BackingOff, 60).await;
+    set_spec(&s, "b", json!({"paused": true})).await;
+    s.wait_phase("b", Phase::Paused, 30).await;
+    // Past the 4 s backoff: still paused, no second pod.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let a = s.acts.get("b").await.expect("get");
+    assert_eq!((phase_of(&a), status(&a).attempt), (Some(Phase::Paused), Some(1)));
+    assert!(s.pods.get_opt("b-2").await.expect("get").is_none(), "no retry while paused");
+    set_spec(&s, "b", json!({"paused": false})).await;
+    let a = s.wait_phase("b", Phase::Succeeded, 60).await;
+    assert_eq!(status(&a).attempt, Some(2));
+    s.finish().await;
+}
+
+/// Reset a running activity: the worker stops with cause Reset and a new attempt starts.
+#[tokio::test]
+async fn a_reset_of_a_running_activity_stops_the_worker_and_starts_a_new_attempt() {
+    let s = Scenario::new("op-resetrun").await;
+    s.create(
+        "rr",
+        json!({"startToCloseTimeout": "2m", "heartbeatTimeout": "2s",
+               "retryPolicy": {"initialInterval": "1s"}, "template": batch(60, 100)}),
+    )
+    .await;
+    s.wait("rr", 60, "a few items done", |a| last_item(a).is_some_and(|i| i >= 2)).await;
+    let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    set_spec(&s, "rr", json!({"reset": {"requestedAt": now}})).await;
+    let a = s.wait("rr", 60, "attempt 2 after the reset", |a| status(a).attempt == Some(2)).await;
+    let st = status(&a);
+    assert_eq!(st.attempts.first().map(|r| r.outcome.as_str()), Some("Reset"), "{st:?}");
+    assert_eq!(st.last_reset.map(|r| r.attempt), Some(2));
+    let log = kubectl(&["logs", "-n", &s.ns.name, "rr-1"]).expect("attempt 1's log");
+    assert!(log.contains("Reset"), "the worker logged why it stopped:\n{log}");
+    s.finish().await;
+}
