@@ -1005,3 +1005,108 @@ fn a_pod_being_evicted_is_judged_disrupted_before_it_disappears() {
     assert!(!plan(&backing_off, &[evicting], at(2_100)).has(&Action::CreatePod { attempt: 2 }));
     assert!(plan(&backing_off, &[], at(2_100)).has(&Action::CreatePod { attempt: 2 }));
 }
+
+/// Every phase × every operation request (and the combinations), at one instant: what it becomes.
+#[test]
+fn every_phase_answers_every_operation_request() {
+    #[derive(Clone, Copy, Debug)]
+    enum Request {
+        Pause,
+        Unpause,
+        Reset,
+        Cancel,
+        ResetAndPause,
+        CancelAndReset,
+    }
+    use Phase::*;
+    use Request::*;
+    let with_phase = |phase: Option<Phase>| {
+        let mut a = seed();
+        let st = status_mut(&mut a);
+        st.phase = phase;
+        if phase.is_some() && phase != Some(Scheduled) {
+            st.attempt = Some(1);
+            st.pod_name = Some("job-1".into());
+        }
+        match phase {
+            Some(Running | Canceling) => {
+                st.started_time = Some(MicroTime(at(1_000)));
+                st.last_heartbeat_time = Some(MicroTime(at(1_500)));
+            }
+            Some(BackingOff) => st.next_attempt_schedule_time = Some(MicroTime(at(50_000))),
+            Some(Succeeded | Failed | TimedOut | Canceled) => st.closed_time = Some(MicroTime(at(1_500))),
+            _ => {}
+        }
+        if matches!(phase, Some(Canceling)) {
+            a.spec.cancel_requested = true;
+            status_mut(&mut a).cancel_requested_time = Some(MicroTime(at(1_800)));
+        }
+        if matches!(phase, Some(Paused)) {
+            a.spec.paused = true;
+        }
+        a
+    };
+    let pods_for = |phase: Option<Phase>| match phase {
+        Some(Pending) => vec![waiting(1, None)],
+        Some(Running | Canceling) => vec![running(1, 1_000)],
+        None | Some(Scheduled) => vec![],
+        _ => vec![exited(1, Some(1), "Error", false)],
+    };
+    let apply = |mut a: Activity, r: Request| {
+        match r {
+            Pause => a.spec.paused = true,
+            Unpause => a.spec.paused = false,
+            Reset => a = reset_at(a, "r1", false),
+            Cancel => a.spec.cancel_requested = true,
+            ResetAndPause => a = paused(reset_at(a, "r1", false), true),
+            CancelAndReset => {
+                a = reset_at(a, "r1", false);
+                a.spec.cancel_requested = true;
+            }
+        }
+        a
+    };
+    // (phase before, request) -> phase after, at 2 s (the running worker is still running).
+    let table: &[(Option<Phase>, Request, Phase)] = &[
+        (None, Pause, Paused),
+        (None, Reset, Pending),
+        (None, Cancel, Canceled),
+        (Some(Pending), Pause, Paused),
+        (Some(Pending), Reset, Pending), // the live attempt is stopped first: still attempt 1
+        (Some(Pending), Cancel, Canceled),
+        (Some(Pending), ResetAndPause, Pending),
+        (Some(Running), Pause, Running), // told in its next heartbeat reply
+        (Some(Running), Reset, Running), // likewise, then stopped
+        (Some(Running), Cancel, Canceling),
+        (Some(Running), CancelAndReset, Canceling),
+        (Some(BackingOff), Pause, Paused),
+        (Some(BackingOff), Unpause, BackingOff),
+        (Some(BackingOff), Reset, Pending),
+        (Some(BackingOff), ResetAndPause, Paused),
+        (Some(BackingOff), Cancel, Canceled),
+        (Some(Paused), Pause, Paused),
+        (Some(Paused), Unpause, Pending),
+        (Some(Paused), ResetAndPause, Paused),
+        (Some(Paused), Cancel, Canceled),
+        (Some(Canceling), Reset, Canceling),
+        (Some(Canceling), Pause, Canceling),
+        (Some(Succeeded), Pause, Succeeded),
+        (Some(Succeeded), Reset, Pending),
+        (Some(Failed), Reset, Pending),
+        (Some(TimedOut), Reset, Pending),
+        (Some(Failed), ResetAndPause, Paused),
+        (Some(Failed), CancelAndReset, Failed),
+        (Some(Canceled), Reset, Canceled),
+        (Some(Canceled), Unpause, Canceled),
+    ];
+    for (before, request, after) in table {
+        let a = apply(with_phase(*before), *request);
+        let p = plan(&a, &pods_for(*before), at(2_000));
+        assert_eq!(p.status.phase, Some(*after), "{before:?} + {request:?}");
+        let starts = p.actions.iter().any(|x| matches!(x, Action::CreatePod { .. }));
+        assert_eq!(starts, *after == Pending && *before != Some(Pending), "{before:?} + {request:?}: a pod only when an attempt starts");
+        if matches!(request, Reset | ResetAndPause) && *after != Canceled && *after != Canceling && !matches!(before, Some(Pending | Running)) {
+            assert!(p.status.last_reset.is_some(), "{before:?} + {request:?}: the reset is done");
+        }
+    }
+}
