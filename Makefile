@@ -115,3 +115,14 @@ bench: build
 	ACTIVITY_BIN_DIR=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug \
 	ACTIVITY_OPERATOR_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/release/activity-operator \
 	ACTIVITY_WORKER_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/release/activity-worker KUBECONFIG=$(BENCH_LOCAL)/kubeconfig cargo run -q -p activity-bench --release -- report $(BENCH_ARGS)
+
+# Fault injection (operator SIGKILL/SIGSTOP, worker pod kills, worker SIGSTOP) during bursts, with
+# the invariants checked each round (tests/tests/chaos.rs), against the running local cluster.
+.PHONY: chaos fuzz
+chaos: build
+	cargo test -p activity-tests --test chaos -- --ignored --nocapture
+
+# Every cargo-fuzz target for FUZZ_SECONDS each (cargo install cargo-fuzz first; fuzz/run.sh).
+FUZZ_SECONDS ?= 60
+fuzz:
+	fuzz/run.sh $(FUZZ_SECONDS)
