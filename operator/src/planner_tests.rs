@@ -1104,8 +1104,16 @@ fn every_phase_answers_every_operation_request() {
         let p = plan(&a, &pods_for(*before), at(2_000));
         assert_eq!(p.status.phase, Some(*after), "{before:?} + {request:?}");
         let starts = p.actions.iter().any(|x| matches!(x, Action::CreatePod { .. }));
-        assert_eq!(starts, *after == Pending && *before != Some(Pending), "{before:?} + {request:?}: a pod only when an attempt starts");
-        if matches!(request, Reset | ResetAndPause) && *after != Canceled && *after != Canceling && !matches!(before, Some(Pending | Running)) {
+        assert_eq!(
+            starts,
+            *after == Pending && *before != Some(Pending),
+            "{before:?} + {request:?}: a pod only when an attempt starts"
+        );
+        if matches!(request, Reset | ResetAndPause)
+            && *after != Canceled
+            && *after != Canceling
+            && !matches!(before, Some(Pending | Running))
+        {
             assert!(p.status.last_reset.is_some(), "{before:?} + {request:?}: the reset is done");
         }
     }
