@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Env, Out, attempt, crd_has_spec_field, phase, progress_script, run_raw, sh};
+use common::{Env, Out, attempt, phase, progress_script, run_raw, sh};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -16,10 +16,6 @@ const OK: i32 = 0;
 const NOT_SUCCEEDED: i32 = 1;
 const USAGE: i32 = 2;
 const ERROR: i32 = 3;
-
-/// TODO(lead): set to `true` once the operator implements pause and reset (docs/reference.md, "Operations");
-/// until then the pause/reset test checks the spec the commands write, not the phases that follow.
-const OPERATOR_HAS_PAUSE_AND_RESET: bool = true;
 
 const ONE_ATTEMPT: [&str; 4] = ["--start-to-close-timeout", "1m", "--retry-maximum-attempts", "1"];
 
@@ -253,30 +249,16 @@ async fn pause_unpause_and_reset() {
     env.start("p", &["--start-to-close-timeout", "5m", "--heartbeat-timeout", "10s"], &progress_script(100, "1")).await;
     env.wait("p", 90, "p running", |a| phase(a) == "Running").await;
 
-    if !crd_has_spec_field("paused") || !crd_has_spec_field("reset") {
-        // The cluster's CRD predates pause/reset: the commands must say so rather than pretend.
-        let out = env.run(&["pause", "p"]).await;
-        assert_eq!(out.code, ERROR, "{out:?}");
-        assert!(out.stderr.contains("upgrade the operator"), "{out:?}");
-        eprintln!("NOTE: the installed CRD has no spec.paused/spec.reset; checked the error path only");
-        env.finish().await;
-        return;
-    }
-
     let out = env.run(&["pause", "p"]).await;
     assert_eq!((out.code, out.stdout.trim()), (OK, "activity.heartbeat.dev/p paused"), "{out:?}");
     let p = env.get("p").await.unwrap_or_default();
     assert_eq!(p["spec"]["paused"], true);
-    if OPERATOR_HAS_PAUSE_AND_RESET {
-        env.wait("p", 60, "phase Paused", |a| phase(a) == "Paused").await;
-    }
+    env.wait("p", 60, "phase Paused", |a| phase(a) == "Paused").await;
 
     let out = env.run(&["unpause", "p", "-o", "json"]).await;
     assert_eq!(out.code, OK, "{out:?}");
     assert_eq!(out.json()["spec"]["paused"], false, "{out:?}");
-    if OPERATOR_HAS_PAUSE_AND_RESET {
-        env.wait("p", 60, "running again", |a| phase(a) == "Running").await;
-    }
+    env.wait("p", 60, "running again", |a| phase(a) == "Running").await;
 
     let before = attempt(&env.get("p").await.unwrap_or_default());
     let out = env.run(&["reset", "p", "--clear-heartbeat-details"]).await;
@@ -288,9 +270,7 @@ async fn pause_unpause_and_reset() {
     let age = Timestamp::now().duration_since(at).as_secs_f64();
     assert!((0.0..120.0).contains(&age), "requestedAt is now: {at}");
     assert_eq!(p["spec"]["reset"]["clearHeartbeatDetails"], true);
-    if OPERATOR_HAS_PAUSE_AND_RESET {
-        env.wait("p", 60, "a new attempt after the reset", |a| attempt(a) > before && phase(a) == "Running").await;
-    }
+    env.wait("p", 60, "a new attempt after the reset", |a| attempt(a) > before && phase(a) == "Running").await;
     // A second reset is a new request (a new requestedAt), details kept this time.
     let out = env.run(&["reset", "p", "-o", "json"]).await;
     assert_eq!(out.code, OK, "{out:?}");

@@ -158,10 +158,3 @@ pub fn phase(v: &Value) -> &str {
 pub fn attempt(v: &Value) -> i64 {
     v.pointer("/status/attempt").and_then(Value::as_i64).unwrap_or(0)
 }
-
-/// Whether the CRD installed in the cluster has `spec.<field>` (pause and reset are being added).
-pub fn crd_has_spec_field(field: &str) -> bool {
-    let out = kubectl(&["get", "crd", "activities.heartbeat.dev", "-o", "json"]).expect("get the CRD");
-    let crd: Value = serde_json::from_str(&out).expect("CRD json");
-    crd.pointer(&format!("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/{field}")).is_some()
-}
