@@ -6,6 +6,7 @@
 //! --bin crdgen`).
 
 pub mod duration;
+pub mod resolved;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};

@@ -3,7 +3,6 @@
 //! injected); `controller` acts.
 
 pub mod client;
-pub mod config;
 pub mod controller;
 pub mod events;
 pub mod metrics;

@@ -17,9 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time}
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
-use crate::config::Settings;
 use crate::pods::{Exit, PodView, WorkerState, pod_name};
 use crate::reason::Reason;
+use activity_crds::resolved::ResolvedSpec;
 
 /// What the controller should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
         // Not held by us: nothing to clean up, the object is going away.
         return Plan { status: current, actions: vec![], events: vec![], requeue_after: None };
     }
-    let settings = Settings::from_spec(&activity.spec);
+    let settings = ResolvedSpec::from_spec(&activity.spec);
     if !p.phase().is_some_and(Phase::is_terminal) || p.reset_pending(deleting) {
         if !deleting && !has_finalizer {
             p.actions.push(Action::AddFinalizer);
@@ -278,7 +278,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Moves a live activity forward.
-    fn advance(&mut self, s: &Settings, deleting: bool) {
+    fn advance(&mut self, s: &ResolvedSpec, deleting: bool) {
         let cancel = deleting || self.activity.spec.cancel_requested || self.phase() == Some(Phase::Canceling);
         if cancel {
             return self.cancel(s);
@@ -335,7 +335,7 @@ impl<'a> Planner<'a> {
         self.activity.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(self.now)
     }
 
-    fn start_attempt(&mut self, s: &Settings, attempt: i32) {
+    fn start_attempt(&mut self, s: &ResolvedSpec, attempt: i32) {
         let pod = pod_name(&self.name(), attempt);
         self.status.phase = Some(Phase::Pending);
         self.status.attempt = Some(attempt);
@@ -354,7 +354,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Pending or Running: judge the current attempt from the worker's outcome, its pod and the deadlines.
-    fn check_attempt(&mut self, s: &Settings) {
+    fn check_attempt(&mut self, s: &ResolvedSpec) {
         let attempt = self.attempt();
         if let Some(failure) = self.oversized_payload() {
             return self.fail_attempt(s, failure);
@@ -457,7 +457,7 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn arm_schedule_to_start(&mut self, s: &Settings) {
+    fn arm_schedule_to_start(&mut self, s: &ResolvedSpec) {
         let (Some(limit), Some(scheduled)) = (s.schedule_to_start, self.status.scheduled_time.as_ref()) else {
             return;
         };
@@ -488,7 +488,7 @@ impl<'a> Planner<'a> {
         self.finish(Phase::TimedOut, Some(failure), None);
     }
 
-    fn arm_running_deadlines(&mut self, s: &Settings) {
+    fn arm_running_deadlines(&mut self, s: &ResolvedSpec) {
         let Some(started) = self.status.started_time.as_ref().map(|t| t.0) else {
             return;
         };
@@ -535,7 +535,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Where scheduleToClose counts from: the last reset, else the end of the start delay.
-    fn clock_start(&self, s: &Settings) -> Timestamp {
+    fn clock_start(&self, s: &ResolvedSpec) -> Timestamp {
         match &self.status.last_reset {
             Some(reset) => reset.time.0,
             None => s.start_delay.map(|d| add(self.created(), d)).unwrap_or_else(|| self.created()),
@@ -544,7 +544,7 @@ impl<'a> Planner<'a> {
 
     /// A disrupted attempt (eviction, preemption, node loss): the next starts at once and this one
     /// does not count toward maximumAttempts.
-    fn retry_disrupted(&mut self, s: &Settings, failure: Failure) {
+    fn retry_disrupted(&mut self, s: &ResolvedSpec, failure: Failure) {
         let n = self.disruptions().saturating_add(1);
         self.status.disruptions = Some(n);
         self.status.counted_attempts = Some(self.counted_before());
@@ -606,7 +606,7 @@ impl<'a> Planner<'a> {
     /// A worker that heartbeated after `since` has been told to stop (its reply said so); once
     /// cancellationGracePeriod has passed from that heartbeat, its pod is stopped. A worker that
     /// never heartbeats was never told: it runs on.
-    fn stop_when_told_and_grace_ran_out(&mut self, s: &Settings, pod: &PodView, since: Timestamp) {
+    fn stop_when_told_and_grace_ran_out(&mut self, s: &ResolvedSpec, pod: &PodView, since: Timestamp) {
         let Some(told) = self.status.last_heartbeat_time.as_ref().map(|t| t.0).filter(|t| *t >= since) else {
             return;
         };
@@ -635,7 +635,7 @@ impl<'a> Planner<'a> {
     /// reply; its pod is stopped once cancellationGracePeriod from the request has passed), then
     /// starts the next attempt with a fresh budget, backoff and scheduleToClose clock. Returns
     /// whether the pass goes on (false: this pass waits for the worker to stop).
-    fn reset(&mut self, s: &Settings) -> bool {
+    fn reset(&mut self, s: &ResolvedSpec) -> bool {
         let Some(request) = self.activity.spec.reset.clone() else { return true };
         let requested_at = request.requested_at.unwrap_or_default();
         let attempt = self.attempt();
@@ -719,7 +719,7 @@ impl<'a> Planner<'a> {
     }
 
     /// The current attempt failed: retry after backoff, or finish.
-    fn fail_attempt(&mut self, s: &Settings, mut failure: Failure) {
+    fn fail_attempt(&mut self, s: &ResolvedSpec, mut failure: Failure) {
         let attempt = self.attempt();
         let timed_out = failure.timeout_type.is_some();
         let outcome = if timed_out { "TimedOut" } else { "Failed" };
@@ -786,7 +786,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Cancellation (deletion or `spec.cancelRequested`).
-    fn cancel(&mut self, s: &Settings) {
+    fn cancel(&mut self, s: &ResolvedSpec) {
         if self.status.cancel_requested_time.is_none() {
             self.status.cancel_requested_time = Some(time(self.now));
             let how =

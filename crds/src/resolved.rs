@@ -1,13 +1,14 @@
 //! The spec of an Activity resolved into typed values with every default applied (docs/reference.md,
-//! "Spec"). Parsing is where a spec that passed the schema but still cannot run is caught.
+//! "Spec"). Parsing is where a spec that passed the schema but still cannot run is caught. The
+//! operator plans from it; a worker reads its own timeouts and grace period from it too.
 
 use std::time::Duration;
 
-use activity_crds::{ActivitySpec, DurationError, MAX_PAYLOAD_BYTES, parse_duration};
+use crate::{ActivitySpec, DurationError, MAX_PAYLOAD_BYTES, parse_duration};
 
 /// Every setting of one Activity, defaults applied.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
+pub struct ResolvedSpec {
     pub start_to_close: Duration,
     /// `None` when disabled (unset or `0s`).
     pub heartbeat: Option<Duration>,
@@ -47,10 +48,14 @@ pub enum SpecError {
     Invalid { field: &'static str, message: String },
 }
 
-const DEFAULT_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
-const DEFAULT_BACKOFF: f64 = 2.0;
-const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-const DEFAULT_MAXIMUM_DISRUPTIONS: i32 = 10;
+/// `retryPolicy.initialInterval` when unset.
+pub const DEFAULT_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
+/// `retryPolicy.backoffCoefficient` when unset.
+pub const DEFAULT_BACKOFF: f64 = 2.0;
+/// `cancellationGracePeriod` when unset.
+pub const DEFAULT_CANCELLATION_GRACE: Duration = Duration::from_secs(30);
+/// `retryPolicy.maximumDisruptions` when unset.
+pub const DEFAULT_MAXIMUM_DISRUPTIONS: i32 = 10;
 
 fn duration(field: &'static str, value: Option<&String>) -> Result<Option<Duration>, SpecError> {
     value.map(|v| parse_duration(v).map_err(|source| SpecError::Duration { field, source })).transpose()
@@ -60,7 +65,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
     SpecError::Invalid { field, message: message.into() }
 }
 
-impl Settings {
+impl ResolvedSpec {
     /// Resolves a spec. The CRD schema already refuses most of these errors at `kubectl apply`;
     /// this is the same check for objects that got past it (e.g. stored under an older schema).
     pub fn from_spec(spec: &ActivitySpec) -> Result<Self, SpecError> {
@@ -81,8 +86,8 @@ impl Settings {
         }
         let schedule_to_start =
             duration("scheduleToStartTimeout", spec.schedule_to_start_timeout.as_ref())?.filter(|d| !d.is_zero());
-        let cancellation_grace =
-            duration("cancellationGracePeriod", spec.cancellation_grace_period.as_ref())?.unwrap_or(DEFAULT_GRACE);
+        let cancellation_grace = duration("cancellationGracePeriod", spec.cancellation_grace_period.as_ref())?
+            .unwrap_or(DEFAULT_CANCELLATION_GRACE);
         let ttl_after_finished = match spec.ttl_seconds_after_finished {
             Some(s) if s < 0 => {
                 return Err(invalid("ttlSecondsAfterFinished", "must not be negative"));
@@ -120,7 +125,7 @@ impl Settings {
         if maximum_disruptions < 0 {
             return Err(invalid("retryPolicy.maximumDisruptions", "must not be negative"));
         }
-        Ok(Settings {
+        Ok(ResolvedSpec {
             start_to_close,
             heartbeat,
             schedule_to_start,
@@ -169,7 +174,7 @@ impl Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use activity_crds::RetryPolicy;
+    use crate::RetryPolicy;
 
     fn spec(json: serde_json::Value) -> ActivitySpec {
         let mut base = serde_json::json!({"template": {"spec": {"containers": [{"name": "w", "image": "x"}]}}});
@@ -181,7 +186,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_design() {
-        let s = Settings::from_spec(&spec(serde_json::json!({"startToCloseTimeout": "2m"}))).unwrap();
+        let s = ResolvedSpec::from_spec(&spec(serde_json::json!({"startToCloseTimeout": "2m"}))).unwrap();
         assert_eq!(s.start_to_close, Duration::from_secs(120));
         assert_eq!(s.heartbeat, None);
         assert_eq!(s.schedule_to_start, None);
@@ -195,15 +200,16 @@ mod tests {
 
     #[test]
     fn start_to_close_defaults_to_schedule_to_close() {
-        let s = Settings::from_spec(&spec(serde_json::json!({"scheduleToCloseTimeout": "1h"}))).unwrap();
+        let s = ResolvedSpec::from_spec(&spec(serde_json::json!({"scheduleToCloseTimeout": "1h"}))).unwrap();
         assert_eq!(s.start_to_close, Duration::from_secs(3600));
         assert_eq!(s.schedule_to_close, Some(Duration::from_secs(3600)));
     }
 
     #[test]
     fn zero_heartbeat_timeout_disables_it() {
-        let s = Settings::from_spec(&spec(serde_json::json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "0s"})))
-            .unwrap();
+        let s =
+            ResolvedSpec::from_spec(&spec(serde_json::json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "0s"})))
+                .unwrap();
         assert_eq!(s.heartbeat, None);
     }
 
@@ -236,7 +242,7 @@ mod tests {
             (serde_json::json!({"startToCloseTimeout": "1m", "input": "x".repeat(MAX_PAYLOAD_BYTES)}), "spec.input"),
         ];
         for (json, field) in cases {
-            let err = Settings::from_spec(&spec(json.clone())).expect_err(&json.to_string());
+            let err = ResolvedSpec::from_spec(&spec(json.clone())).expect_err(&json.to_string());
             assert!(err.to_string().starts_with(field), "{json}: {err}");
         }
     }
@@ -252,7 +258,7 @@ mod tests {
         };
         let mut s = spec(serde_json::json!({"startToCloseTimeout": "1m"}));
         s.retry_policy = Some(policy);
-        Settings::from_spec(&s).unwrap().retry
+        ResolvedSpec::from_spec(&s).unwrap().retry
     }
 
     #[test]
