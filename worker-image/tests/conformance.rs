@@ -19,8 +19,10 @@ use activity_worker::{
     ActivityContext, ApplicationError, CancelReason, EXIT_CANCELED, EXIT_FAILURE, EXIT_SUCCESS, Report, finish,
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+
+mod common;
+use common::Request;
 
 const NS: &str = "ns";
 const NAME: &str = "a";
@@ -95,74 +97,33 @@ fn status_body(answer: &Value) -> Value {
            "code": answer["status"], "details": details})
 }
 
-/// HTTP/1.1 with keep-alive, just enough for kube's client (as in fake_api.rs).
-async fn serve(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    loop {
-        let mut request_line = String::new();
-        if r.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-            return;
+/// The scenario's answer to a request (GETs and PATCHes each in their order), after recording it;
+/// a 200 applies the answer's `mutate` to the Activity and returns it.
+fn answer(state: &Mutex<State>, request: Request) -> (u16, Value) {
+    let (path, query) = request.target.split_once('?').unwrap_or((&request.target, ""));
+    let mut st = state.lock().unwrap();
+    st.requests.push(Recorded {
+        at: Instant::now(),
+        method: request.method.clone(),
+        path: path.to_string(),
+        query: query.to_string(),
+        content_type: request.content_type,
+        body: serde_json::from_slice(&request.body).unwrap_or(Value::Null),
+    });
+    let n = st.count(&request.method) - 1;
+    let answer = if request.method == "GET" {
+        st.get_answers.get(n).cloned().unwrap_or(json!({"status": 200}))
+    } else {
+        st.patch_answers.get(n).cloned().unwrap_or(st.patch_default.clone())
+    };
+    let code = answer["status"].as_u64().unwrap_or(500) as u16;
+    if code == 200 {
+        if let Some(m) = answer.get("mutate") {
+            merge_patch(&mut st.activity, m);
         }
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let target = parts.next().unwrap_or_default().to_string();
-        let mut length = 0usize;
-        let mut content_type = String::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                match k.to_ascii_lowercase().as_str() {
-                    "content-length" => length = v.trim().parse().unwrap_or(0),
-                    "content-type" => content_type = v.trim().to_string(),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if r.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let (code, reply) = {
-            let mut st = state.lock().unwrap();
-            st.requests.push(Recorded {
-                at: Instant::now(),
-                method: method.clone(),
-                path: path.to_string(),
-                query: query.to_string(),
-                content_type,
-                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            });
-            let n = st.count(&method) - 1;
-            let answer = if method == "GET" {
-                st.get_answers.get(n).cloned().unwrap_or(json!({"status": 200}))
-            } else {
-                st.patch_answers.get(n).cloned().unwrap_or(st.patch_default.clone())
-            };
-            let code = answer["status"].as_u64().unwrap_or(500) as u16;
-            if code == 200 {
-                if let Some(m) = answer.get("mutate") {
-                    merge_patch(&mut st.activity, m);
-                }
-                (200, st.activity.clone())
-            } else {
-                (code, status_body(&answer))
-            }
-        };
-        let text = reply.to_string();
-        let head =
-            format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", text.len());
-        if w.write_all(head.as_bytes()).await.is_err() || w.write_all(text.as_bytes()).await.is_err() {
-            return;
-        }
+        (200, st.activity.clone())
+    } else {
+        (code, status_body(&answer))
     }
 }
 
@@ -459,13 +420,7 @@ fn run_scenario(file: &Path, logs: &LogBuffer) -> Result<Vec<String>, String> {
     let mut tr = Trace::default();
     let code = runtime.block_on(async {
         let listener = TcpListener::from_std(std_listener).expect("a bound std listener converts");
-        let st = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
-                tokio::spawn(serve(sock, st.clone()));
-            }
-        });
+        common::spawn_server(listener, state.clone(), answer);
         run_worker(&sc, &state, &mut tr).await
     });
     runtime.shutdown_timeout(Duration::from_millis(100));

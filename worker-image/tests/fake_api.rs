@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use activity_worker::{ActivityContext, CancelReason, Error};
 use kube::{Client, Config};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+
+mod common;
+use common::Request;
 
 const NS: &str = "ns";
 const NAME: &str = "a";
@@ -51,13 +53,7 @@ impl FakeApi {
         let state = Arc::new(Mutex::new(State { activity, patches: Vec::new(), respond }));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let st = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
-                tokio::spawn(serve(sock, st.clone()));
-            }
-        });
+        common::spawn_server(listener, state.clone(), answer);
         Self { url, state }
     }
 
@@ -73,65 +69,23 @@ impl FakeApi {
     }
 }
 
-/// HTTP/1.1 with keep-alive, just enough for kube's client.
-async fn serve(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    loop {
-        let mut request_line = String::new();
-        if r.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let target = parts.next().unwrap_or_default().to_string();
-        let mut length = 0usize;
-        let mut content_type = String::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                match k.to_ascii_lowercase().as_str() {
-                    "content-length" => length = v.trim().parse().unwrap_or(0),
-                    "content-type" => content_type = v.trim().to_string(),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if r.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let (code, reply) = {
-            let mut st = state.lock().unwrap();
-            if method == "GET" {
-                (200, st.activity.clone())
-            } else {
-                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let n = st.patches.len();
-                st.patches.push(Recorded {
-                    at: Instant::now(),
-                    path_and_query: target.clone(),
-                    content_type,
-                    body: body.clone(),
-                });
-                let (code, reply) = (st.respond)(n, &body);
-                if code == 200 && reply.is_null() { (200, st.activity.clone()) } else { (code, reply) }
-            }
-        };
-        let text = reply.to_string();
-        let head =
-            format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", text.len());
-        if w.write_all(head.as_bytes()).await.is_err() || w.write_all(text.as_bytes()).await.is_err() {
-            return;
-        }
+/// The fake API's answer: the Activity to a GET; to a PATCH, what the test's responder says
+/// (the Activity for a 200 without a body), after recording it.
+fn answer(state: &Mutex<State>, request: Request) -> (u16, Value) {
+    let mut st = state.lock().unwrap();
+    if request.method == "GET" {
+        return (200, st.activity.clone());
     }
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+    let n = st.patches.len();
+    st.patches.push(Recorded {
+        at: Instant::now(),
+        path_and_query: request.target,
+        content_type: request.content_type,
+        body: body.clone(),
+    });
+    let (code, reply) = (st.respond)(n, &body);
+    if code == 200 && reply.is_null() { (200, st.activity.clone()) } else { (code, reply) }
 }
 
 fn status(code: u16, message: &str, details: Value) -> (u16, Value) {
