@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::error::{Error, Result};
-use crate::throttle::{AfterFailure, Due, Throttle, backoff};
+use crate::request::{Request, bounded};
+use crate::throttle::{AfterFailure, Due, Throttle};
 use crate::wire::{self, ApiFailure};
 
 /// Default `spec.cancellationGracePeriod`.
@@ -96,6 +97,17 @@ impl CancelReason {
     /// (`Canceled`, `Paused`, `Reset`).
     pub fn outcome_cause(&self) -> Option<StopCause> {
         self.stop_cause().filter(|c| *c != StopCause::Superseded)
+    }
+
+    /// The reason a refused write stops the worker with: another attempt owns the Activity, it
+    /// is gone, or the worker may not write it. `None` for a failure that does not end the attempt.
+    fn of_refused_write(failure: &ApiFailure) -> Option<CancelReason> {
+        match failure {
+            ApiFailure::Superseded(_) => Some(CancelReason::Superseded),
+            ApiFailure::NotFound(_) => Some(CancelReason::Gone),
+            ApiFailure::Forbidden(message) => Some(CancelReason::Forbidden(message.clone())),
+            ApiFailure::Retryable { .. } | ApiFailure::Fatal(_) => None,
+        }
     }
 }
 
@@ -658,39 +670,36 @@ impl ActivityContext {
 
     /// Fails when the cancel reason forbids further writes.
     fn refuse_when_cannot_write(&self) -> Result<()> {
-        let reason = self.cancel_reason();
-        let i = &self.inner;
-        match reason {
-            Some(CancelReason::Superseded) => Err(Error::Superseded {
-                attempt: i.attempt,
-                namespace: i.namespace.clone(),
-                name: i.name.clone(),
-                message: "the operator has moved on to another attempt".into(),
-            }),
-            Some(CancelReason::Gone) => Err(Error::NotFound {
-                namespace: i.namespace.clone(),
-                name: i.name.clone(),
-                message: "it was deleted".into(),
-            }),
-            Some(CancelReason::Forbidden(message)) => Err(self.forbidden("patch", "activities/status", message)),
-            Some(CancelReason::HeartbeatUndeliverable(message)) => Err(Error::HeartbeatUndeliverable {
-                namespace: i.namespace.clone(),
-                name: i.name.clone(),
-                undelivered_for: i.heartbeat_timeout.unwrap_or_default(),
-                timeout: i.heartbeat_timeout.unwrap_or_default(),
-                message,
-            }),
-            _ => Ok(()),
-        }
+        let refused = match self.cancel_reason() {
+            Some(CancelReason::Superseded) => {
+                ApiFailure::Superseded("the operator has moved on to another attempt".into())
+            }
+            Some(CancelReason::Gone) => ApiFailure::NotFound("it was deleted".into()),
+            Some(CancelReason::Forbidden(message)) => ApiFailure::Forbidden(message),
+            Some(CancelReason::HeartbeatUndeliverable(message)) => {
+                let i = &self.inner;
+                return Err(Error::HeartbeatUndeliverable {
+                    namespace: i.namespace.clone(),
+                    name: i.name.clone(),
+                    undelivered_for: i.heartbeat_timeout.unwrap_or_default(),
+                    timeout: i.heartbeat_timeout.unwrap_or_default(),
+                    message,
+                });
+            }
+            _ => return Ok(()),
+        };
+        Err(self.write("write").error(refused, Duration::ZERO))
     }
 
-    fn forbidden(&self, verb: &'static str, resource: &'static str, message: String) -> Error {
-        Error::Forbidden {
-            verb,
-            resource,
-            namespace: self.inner.namespace.clone(),
-            name: self.inner.name.clone(),
-            message,
+    /// A write of this attempt to `activities/status`, to `action` the Activity.
+    fn write(&self, action: &'static str) -> Request<'_> {
+        Request {
+            action,
+            verb: "patch",
+            resource: "activities/status",
+            namespace: &self.inner.namespace,
+            name: &self.inner.name,
+            attempt: Some(self.inner.attempt),
         }
     }
 
@@ -702,57 +711,22 @@ impl ActivityContext {
         let timeout =
             self.inner.heartbeat_timeout.map_or(REQUEST_TIMEOUT, |t| t.clamp(Duration::from_secs(1), REQUEST_TIMEOUT));
         let patch = Patch::Json::<()>(patch);
-        let call = self.inner.api.patch_status(&self.inner.name, &params, &patch);
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(activity)) => Ok(activity),
-            Ok(Err(e)) => Err(wire::classify(&e)),
-            Err(_) => {
-                Err(ApiFailure::Retryable { retry_after: None, message: format!("no answer within {timeout:?}") })
-            }
-        }
+        bounded(timeout, self.inner.api.patch_status(&self.inner.name, &params, &patch)).await
     }
 
     /// Sends the patch built by `build` until it is accepted, refused for good, or
-    /// [`REPORT_BUDGET`] has passed.
+    /// [`REPORT_BUDGET`] has passed; a refused write stops the worker.
     async fn send_with_retries(&self, action: &'static str, build: impl Fn() -> Result<Value>) -> Result<Activity> {
-        let start = Instant::now();
-        let mut failures = 0u32;
-        loop {
-            let failure = match self.patch_once(build()?).await {
-                Ok(activity) => {
-                    self.inspect(&activity);
-                    return Ok(activity);
-                }
-                Err(f) => f,
-            };
-            let i = &self.inner;
-            let (namespace, name) = (i.namespace.clone(), i.name.clone());
-            match failure {
-                ApiFailure::Superseded(message) => {
-                    self.cancel(CancelReason::Superseded);
-                    return Err(Error::Superseded { attempt: i.attempt, namespace, name, message });
-                }
-                ApiFailure::Forbidden(message) => {
-                    let err = self.forbidden("patch", "activities/status", message.clone());
-                    self.cancel(CancelReason::Forbidden(message));
-                    return Err(err);
-                }
-                ApiFailure::NotFound(message) => {
-                    self.cancel(CancelReason::Gone);
-                    return Err(Error::NotFound { namespace, name, message });
-                }
-                ApiFailure::Fatal(message) => return Err(Error::Api { action, namespace, name, message }),
-                ApiFailure::Retryable { retry_after, message } => {
-                    failures += 1;
-                    let elapsed = start.elapsed();
-                    if elapsed >= REPORT_BUDGET {
-                        return Err(Error::Unavailable { action, namespace, name, elapsed, message });
-                    }
-                    let wait = retry_after.unwrap_or_else(|| backoff(failures)).min(REPORT_BUDGET - elapsed);
-                    warn!("cannot {action} the Activity yet (retrying in {wait:?}): {message}");
-                    tokio::time::sleep(wait).await;
-                }
-            }
+        let send = || async { Ok(self.patch_once(build()?).await) };
+        let activity = self.write(action).with_retries(REPORT_BUDGET, send, |f| self.stop_if_refused(f)).await?;
+        self.inspect(&activity);
+        Ok(activity)
+    }
+
+    /// Cancels the context when `failure` refuses this attempt's writes for good.
+    fn stop_if_refused(&self, failure: &ApiFailure) {
+        if let Some(reason) = CancelReason::of_refused_write(failure) {
+            self.cancel(reason);
         }
     }
 
@@ -804,37 +778,8 @@ fn parse_opt(field: &'static str, value: Option<&str>) -> Result<Option<Duration
 
 /// Reads the Activity, retrying transient errors for up to [`STARTUP_BUDGET`].
 async fn get_with_retries(api: &Api<Activity>, namespace: &str, name: &str) -> Result<Activity> {
-    let start = Instant::now();
-    let mut failures = 0u32;
-    loop {
-        let failure = match tokio::time::timeout(REQUEST_TIMEOUT, api.get(name)).await {
-            Ok(Ok(activity)) => return Ok(activity),
-            Ok(Err(e)) => wire::classify(&e),
-            Err(_) => {
-                ApiFailure::Retryable { retry_after: None, message: format!("no answer within {REQUEST_TIMEOUT:?}") }
-            }
-        };
-        let (namespace, name) = (namespace.to_string(), name.to_string());
-        match failure {
-            ApiFailure::Forbidden(message) => {
-                return Err(Error::Forbidden { verb: "get", resource: "activities", namespace, name, message });
-            }
-            ApiFailure::NotFound(message) => return Err(Error::NotFound { namespace, name, message }),
-            ApiFailure::Superseded(message) | ApiFailure::Fatal(message) => {
-                return Err(Error::Api { action: "read", namespace, name, message });
-            }
-            ApiFailure::Retryable { retry_after, message } => {
-                failures += 1;
-                let elapsed = start.elapsed();
-                if elapsed >= STARTUP_BUDGET {
-                    return Err(Error::Unavailable { action: "read", namespace, name, elapsed, message });
-                }
-                let wait = retry_after.unwrap_or_else(|| backoff(failures)).min(STARTUP_BUDGET - elapsed);
-                warn!("cannot read the Activity yet (retrying in {wait:?}): {message}");
-                tokio::time::sleep(wait).await;
-            }
-        }
-    }
+    let read = Request { action: "read", verb: "get", resource: "activities", namespace, name, attempt: None };
+    read.with_retries(STARTUP_BUDGET, || async { Ok(bounded(REQUEST_TIMEOUT, api.get(name)).await) }, |_| {}).await
 }
 
 /// The background sender: sends the pending details when the throttle says they are due,
@@ -872,19 +817,18 @@ async fn heartbeat_loop(ctx: ActivityContext) {
                 debug!(details = %details, "heartbeat delivered");
                 ctx.inspect(&activity);
             }
-            Err(ApiFailure::Superseded(message)) => {
-                warn!(attempt = inner.attempt, "heartbeat refused: status.attempt is no longer ours ({message})");
-                ctx.cancel(CancelReason::Superseded);
-                return;
-            }
-            Err(ApiFailure::NotFound(message)) => {
-                warn!("heartbeat refused: the Activity is gone ({message})");
-                ctx.cancel(CancelReason::Gone);
-                return;
-            }
-            Err(ApiFailure::Forbidden(message)) => {
-                error!("{}", ctx.forbidden("patch", "activities/status", message.clone()));
-                ctx.cancel(CancelReason::Forbidden(message));
+            Err(refused @ (ApiFailure::Superseded(_) | ApiFailure::NotFound(_) | ApiFailure::Forbidden(_))) => {
+                match &refused {
+                    ApiFailure::Superseded(message) => {
+                        warn!(
+                            attempt = inner.attempt,
+                            "heartbeat refused: status.attempt is no longer ours ({message})"
+                        )
+                    }
+                    ApiFailure::NotFound(message) => warn!("heartbeat refused: the Activity is gone ({message})"),
+                    _ => error!("{}", ctx.write("send the heartbeat of").error(refused.clone(), Duration::ZERO)),
+                }
+                ctx.stop_if_refused(&refused);
                 return;
             }
             Err(ApiFailure::Fatal(message)) => {

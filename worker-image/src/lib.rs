@@ -29,6 +29,7 @@ pub mod context;
 pub mod demo;
 pub mod error;
 pub mod exec;
+mod request;
 pub mod throttle;
 pub mod wire;
 
