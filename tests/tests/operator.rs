@@ -658,22 +658,6 @@ async fn a_pod_creation_refused_for_a_while_is_retried_and_its_event_becomes_a_s
 }
 
 #[tokio::test]
-async fn a_template_that_is_no_pod_template_fails_alone_naming_the_field() {
-    let s = Scenario::new("op-oddtpl").await;
-    // Passes the schema (a template keeps unknown fields), but `command` must be a list.
-    let odd = json!({"spec": {"containers": [{"name": "w", "image": "busybox", "command": "sleep"}]}});
-    s.create("odd", json!({"startToCloseTimeout": "1m", "template": odd})).await;
-    s.create("fine", json!({"startToCloseTimeout": "1m", "template": shell("exit 0")})).await;
-    let a = s.wait_phase("odd", Phase::Failed, 60).await;
-    let f = status(&a).last_failure.expect("lastFailure");
-    assert_eq!((f.type_.as_str(), f.non_retryable), ("PodRejected", true));
-    assert!(f.message.contains("spec.containers[0].command"), "names the field: {}", f.message);
-    // The other activity in the same namespace is not held up by it.
-    s.wait_phase("fine", Phase::Succeeded, 60).await;
-    s.finish().await;
-}
-
-#[tokio::test]
 async fn bad_manifests_are_refused_naming_the_field() {
     ensure_crd().expect("CRD");
     let cases = [
