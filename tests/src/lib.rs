@@ -1,21 +1,27 @@
-//! Helpers shared by the integration tests: a client for the local cluster, a namespace per test,
-//! a bounded poll, and the upstream `kubectl`/`helm` built by `deploy/local/build-binaries.sh`.
+//! Helpers shared by the integration tests and the benchmark (`tests/bench`): a client for the
+//! local cluster, a namespace per test, a bounded poll and waits on an Activity's phase, the
+//! upstream `kubectl`/`helm` built by `deploy/local/build-binaries.sh`, the CRD and RBAC every run
+//! needs ([`cluster`]) and an operator of its own ([`operator`]).
 //!
 //! The tests expect a running local cluster (`make cluster`, which `make test` starts itself).
 
+pub mod cluster;
 pub mod operator;
 pub mod realnode;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use activity_crds::Phase;
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+
+pub use cluster::LocalCluster;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -34,24 +40,17 @@ pub fn local_dir() -> PathBuf {
 
 /// Path of the admin kubeconfig written by `deploy/local/cluster.sh up`.
 pub fn kubeconfig_path() -> PathBuf {
-    local_dir().join("kubeconfig")
+    LocalCluster::from_env().kubeconfig()
 }
 
 /// Directory with the upstream binaries (kubectl, helm, ...), recorded by `cluster.sh up`.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    let file = local_dir().join("bin-dir");
-    let dir = std::fs::read_to_string(&file)
-        .with_context(|| format!("reading {} (is the local cluster up? run `make cluster`)", file.display()))?;
-    Ok(PathBuf::from(dir.trim()))
+    LocalCluster::from_env().bin_dir()
 }
 
 /// An admin client for the local cluster.
 pub async fn client() -> anyhow::Result<Client> {
-    let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .with_context(|| format!("reading {} (is the local cluster up? run `make cluster`)", path.display()))?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
+    LocalCluster::from_env().client().await
 }
 
 /// The local API server's port, from the kubeconfig (as kube parses its server URL).
@@ -64,23 +63,17 @@ pub async fn apiserver_port() -> anyhow::Result<u16> {
 
 /// Runs an upstream tool from the pinned bin dir (`kubectl`, `helm`) against the local cluster.
 pub fn tool(name: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let exe = bin_dir()?.join(name);
-    let out = Command::new(&exe)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig_path())
-        .current_dir(repo_root())
-        .output()
-        .with_context(|| format!("running {}", exe.display()))?;
-    Ok(out)
+    LocalCluster::from_env().tool(name, args)
 }
 
 /// Runs `kubectl ARGS` and returns stdout, failing with stderr when it exits non-zero.
 pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
-    let out = tool("kubectl", args)?;
-    if !out.status.success() {
-        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    LocalCluster::from_env().kubectl(args)
+}
+
+/// Runs `helm ARGS` and returns stdout, failing with stderr when it exits non-zero.
+pub fn helm(args: &[&str]) -> anyhow::Result<String> {
+    LocalCluster::from_env().helm(args)
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, for at most `timeout`.
@@ -109,6 +102,27 @@ where
     }
 }
 
+/// Waits until Activity `name` (read through `acts`: typed, or a `DynamicObject`) is in `phase`,
+/// at most `timeout`; fails at once when it has ended in another phase.
+pub async fn wait_phase<K>(acts: &Api<K>, name: &str, phase: Phase, timeout: Duration) -> anyhow::Result<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    wait_for(timeout, &format!("activity {name} {}", phase.as_str()), || async {
+        let obj = acts.get(name).await?;
+        let status = serde_json::to_value(&obj)?["status"].take();
+        let current: Option<Phase> = serde_json::from_value(status["phase"].clone()).ok();
+        if current == Some(phase) {
+            return Ok(Some(obj));
+        }
+        if let Some(ended) = current.filter(|p| p.is_terminal()) {
+            bail!("activity {name} ended {}, not {}: {status}", ended.as_str(), phase.as_str());
+        }
+        Ok(None)
+    })
+    .await
+}
+
 /// A namespace of its own for one test. Call [`TestNs::delete`] at the end of a passing test; a
 /// failing test leaves its namespace behind for inspection.
 pub struct TestNs {
@@ -117,12 +131,17 @@ pub struct TestNs {
 }
 
 impl TestNs {
-    /// Creates a namespace named `<prefix>-<random>`.
+    /// Creates a namespace named `<prefix>-<random>`, labelled `activity-tests=true`.
     pub async fn new(prefix: &str) -> anyhow::Result<Self> {
-        let client = client().await?;
+        Self::create(client().await?, prefix, "activity-tests").await
+    }
+
+    /// Creates a namespace named `<prefix>-<random>` with `client`, labelled `<label>=true`, and
+    /// waits for its `default` service account.
+    pub async fn create(client: Client, prefix: &str, label: &str) -> anyhow::Result<Self> {
         let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {"activity-tests": "true"}}
+            "metadata": {"name": name, "labels": {label: "true"}}
         }))?;
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
         // The service account controller creates `default` shortly after; pods need it.

@@ -10,7 +10,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use activity_tests::{TempFile, TestNs, bin_dir, client, kubectl, repo_root, tool, wait_for};
+use activity_crds::Phase;
+use activity_tests::operator::ensure_crd;
+use activity_tests::{TempFile, TestNs, bin_dir, client, helm, kubectl, repo_root, tool, wait_for, wait_phase};
 use anyhow::{Context, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -21,15 +23,6 @@ use serde_json::{Value, json};
 const CHART: &str = "charts/activity-operator";
 const MANIFESTS: &str = "deploy/manifests/activity-operator.yaml";
 const WORKER_IMAGE: &str = "ghcr.io/heartbeat-dev/activity-worker:0.1.0";
-
-/// Runs `helm ARGS`, returning stdout; fails with stderr when helm fails.
-fn helm(args: &[&str]) -> anyhow::Result<String> {
-    let out = tool("helm", args)?;
-    if !out.status.success() {
-        bail!("helm {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Runs `helm ARGS` that must fail; returns its stderr.
 fn helm_fails(args: &[&str]) -> anyhow::Result<String> {
@@ -201,14 +194,6 @@ fn worker_role_is_the_worker_images_role() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Activity CRD, applied the way the other tests do (idempotent server-side apply), so the
-/// chart's CRD step finds it installed and never races another test's apply.
-fn ensure_crd() -> anyhow::Result<()> {
-    kubectl(&["apply", "--server-side", "--field-manager=activity-tests", "-f", "crds/activity.yaml"])?;
-    kubectl(&["wait", "--for=condition=Established", "crd/activities.heartbeat.dev", "--timeout=60s"])?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn rendered_chart_is_accepted_by_the_api_server() -> anyhow::Result<()> {
     ensure_crd()?;
@@ -275,31 +260,6 @@ async fn create_activity(api: &Api<DynamicObject>, name: &str, script: &str) -> 
 
 fn status(obj: &DynamicObject) -> &Value {
     &obj.data["status"]
-}
-
-fn phase(obj: &DynamicObject) -> &str {
-    status(obj)["phase"].as_str().unwrap_or("")
-}
-
-/// Waits for the activity to reach `want`; fails early on another terminal phase.
-async fn wait_phase(
-    api: &Api<DynamicObject>,
-    name: &str,
-    want: &str,
-    timeout: Duration,
-) -> anyhow::Result<DynamicObject> {
-    wait_for(timeout, &format!("activity {name} {want}"), || async {
-        let obj = api.get(name).await?;
-        let p = phase(&obj);
-        if p == want {
-            return Ok(Some(obj));
-        }
-        if ["Succeeded", "Failed", "TimedOut", "Canceled"].contains(&p) {
-            bail!("activity {name} ended {p}, not {want}: {}", status(&obj));
-        }
-        Ok(None)
-    })
-    .await
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -410,7 +370,7 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
     // An example Activity in the watched namespace, run by the leader.
     let acts = activities(&release.client, &watched_ns);
     create_activity(&acts, "hello", r#"echo '::result {"ok":true}'"#).await?;
-    let done = wait_phase(&acts, "hello", "Succeeded", Duration::from_secs(90)).await?;
+    let done = wait_phase(&acts, "hello", Phase::Succeeded, Duration::from_secs(90)).await?;
     assert_eq!(status(&done)["result"], json!({"ok": true}));
     assert_eq!(status(&done)["attempt"], json!(1));
     let events: Api<Event> = release.watched.api();
@@ -428,7 +388,7 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
     // Failover: an activity in flight (heartbeating for 20 s), then the leader's pod is deleted.
     let script = r#"i=0; while [ $i -lt 20 ]; do sleep 1; i=$((i+1)); echo "::heartbeat {\"i\":$i}"; done; echo "::result {\"ok\":true,\"beats\":$i}""#;
     create_activity(&acts, "inflight", script).await?;
-    wait_phase(&acts, "inflight", "Running", Duration::from_secs(60)).await?;
+    wait_phase(&acts, "inflight", Phase::Running, Duration::from_secs(60)).await?;
     let pods_api: Api<Pod> = release.ns.api();
     let killed = Instant::now();
     pods_api.delete(&leader, &DeleteParams::default()).await?;
@@ -445,7 +405,7 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
         relns,
         release.fullname
     );
-    let done = wait_phase(&acts, "inflight", "Succeeded", Duration::from_secs(120)).await?;
+    let done = wait_phase(&acts, "inflight", Phase::Succeeded, Duration::from_secs(120)).await?;
     assert_eq!(status(&done)["result"], json!({"ok": true, "beats": 20}));
     assert_eq!(status(&done)["attempt"], json!(1), "the failover must not start a second attempt");
     assert_eq!(status(&done)["heartbeatDetails"], json!({"i": 20}));
@@ -481,7 +441,7 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
         .await?;
     eprintln!("upgraded {rel}: pods {pods:?}, leader {leader}");
     create_activity(&acts, "after-upgrade", r#"echo '::result {"upgraded":true}'"#).await?;
-    let done = wait_phase(&acts, "after-upgrade", "Succeeded", Duration::from_secs(90)).await?;
+    let done = wait_phase(&acts, "after-upgrade", Phase::Succeeded, Duration::from_secs(90)).await?;
     assert_eq!(status(&done)["result"], json!({"upgraded": true}));
 
     // RBAC: what the chart granted, and nothing else.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use activity_crds::{Activity, Phase};
 use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
-use activity_tests::{TempFile, TestNs, kubeconfig_path, kubectl, tool, wait_for};
+use activity_tests::{TempFile, TestNs, helm, kubeconfig_path, kubectl, tool, wait_for};
 use anyhow::{Context, bail};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, SelfSubjectReview, TokenRequest, TokenRequestSpec};
@@ -26,15 +26,6 @@ const TEMPLATE: &str = "templates/worker-policy.yaml";
 /// The user extra in which the API server names the pod a service-account token is bound to.
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Runs `helm ARGS`, returning stdout; fails with stderr when helm fails.
-fn helm(args: &[&str]) -> anyhow::Result<String> {
-    let out = tool("helm", args)?;
-    if !out.status.success() {
-        bail!("helm {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// The chart's worker policy template rendered for release `release` in namespace `ns`, with
 /// `--set` values.

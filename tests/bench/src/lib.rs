@@ -1,7 +1,9 @@
 //! Benchmarks of the operator on a local control plane, side by side with the Job controller of
 //! the same cluster (`kube-controller-manager`). Each scenario run gets its own namespace and its
-//! own operator process (`target/debug/activity-operator --namespace <ns>`), so runs never share
-//! an operator or objects. The cluster is the one of the kubeconfig given (`KUBECONFIG`).
+//! own operator process (`activity-operator --namespace <ns>`, started as the tests start theirs:
+//! `activity_tests::operator::Launcher`, under the chart's RBAC), so runs never share an operator
+//! or objects. The cluster is the one of the kubeconfig given (`KUBECONFIG`), in the state
+//! directory `deploy/local/cluster.sh` made for it.
 //!
 //! Scenarios (see `docs/benchmarks.md` for the numbers and how to read them):
 //! - `deadline`: activities whose workers never heartbeat, from each deadline to the watch showing
@@ -19,22 +21,21 @@ pub mod load;
 pub mod scenarios;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use activity_tests::operator::Launcher;
+use activity_tests::{LocalCluster, TestNs};
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Client, Config, Resource, ResourceExt};
-use serde::Deserialize;
+
+pub use activity_tests::operator::{Operator, cpu_seconds};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -69,6 +70,8 @@ pub fn secs(t: &k8s_openapi::jiff::Timestamp) -> f64 {
 pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub client: Client,
+    /// Its state directory (the kubeconfig's): tools, logs, operators' identities.
+    pub local: LocalCluster,
 }
 
 impl Cluster {
@@ -78,7 +81,11 @@ impl Cluster {
             Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
         let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         config.read_timeout = Some(Duration::from_secs(300));
-        Ok(Self { kubeconfig: path.to_path_buf(), client: Client::try_from(config)? })
+        Ok(Self {
+            kubeconfig: path.to_path_buf(),
+            client: Client::try_from(config)?,
+            local: LocalCluster::of_kubeconfig(path),
+        })
     }
 
     /// The cluster of `$KUBECONFIG`, else `<repo>/.local/kubeconfig`.
@@ -88,29 +95,19 @@ impl Cluster {
         Self::connect(&path).await
     }
 
-    /// Where logs of this cluster go: `logs/` beside the kubeconfig (the cluster's state dir).
-    pub fn log_dir(&self) -> PathBuf {
-        self.kubeconfig.parent().unwrap_or(Path::new("/tmp")).join("logs")
+    /// Applies the Activity CRD and waits until it is Established.
+    pub fn ensure_crd(&self) -> anyhow::Result<()> {
+        self.local.ensure_crd()
     }
 
-    /// Applies the Activity CRD (server-side apply) and waits until it is Established.
-    pub async fn ensure_crd(&self) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(repo_root().join("crds/activity.yaml"))?;
-        let crd: CustomResourceDefinition = serde_norway::from_str(&text).context("parsing crds/activity.yaml")?;
-        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let name = crd.name_any();
-        api.patch(&name, &PatchParams::apply("activity-bench").force(), &Patch::Apply(&crd)).await?;
-        wait_for(Duration::from_secs(60), "CRD Established", || async {
-            let crd = api.get(&name).await?;
-            let ok = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(ok.then_some(()))
-        })
-        .await
+    /// How the benchmark starts its operators: [`operator_exe`] under the chart's RBAC, with the
+    /// operator's own defaults, logging to `logs/bench-operator-<ns>.log`.
+    pub fn launcher(&self) -> anyhow::Result<Launcher> {
+        let exe = operator_exe();
+        if !exe.exists() {
+            bail!("{} does not exist: build it first (`make bench` does)", exe.display());
+        }
+        Ok(Launcher { cluster: self.local.clone(), exe, defaults: Vec::new(), log_prefix: "bench-operator".into() })
     }
 }
 
@@ -127,19 +124,12 @@ impl Bench {
     /// Creates `<prefix>-<random>`, the worker RBAC in it, and starts an operator for it, after
     /// clearing what interrupted runs left behind ([`clear_leftovers`]).
     pub async fn new(cluster: &Cluster, prefix: &str) -> anyhow::Result<Self> {
-        cluster.ensure_crd().await?;
-        let client = cluster.client.clone();
-        clear_leftovers(&client).await?;
-        let ns = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let obj: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": ns, "labels": {"activity-bench": "true"}}
-        }))?;
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &obj).await?;
-        let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-        wait_for(Duration::from_secs(30), "default service account", || async { Ok(sa.get_opt("default").await?) })
-            .await?;
-        worker_rbac(&client, &ns).await?;
-        let op = Operator::start(cluster, &ns).await?;
+        let launcher = cluster.launcher()?;
+        cluster.ensure_crd()?;
+        clear_leftovers(&cluster.client).await?;
+        let ns = TestNs::create(cluster.client.clone(), prefix, "activity-bench").await?.name;
+        cluster.local.worker_rbac(&ns)?;
+        let op = launcher.start(&ns, &[]).await?;
         Ok(Self { cluster: cluster.clone(), ns, op })
     }
 
@@ -217,129 +207,6 @@ fn ignore_gone(e: kube::Error) -> Result<(), kube::Error> {
         kube::Error::Api(s) if s.code == 404 => Ok(()),
         e => Err(e),
     }
-}
-
-/// The worker service account, Role and RoleBinding of `worker-image/rbac/worker-role.yaml` in `ns`.
-pub async fn worker_rbac(client: &Client, ns: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(repo_root().join("worker-image/rbac/worker-role.yaml"))?;
-    let pp = PatchParams::apply("activity-bench").force();
-    for doc in serde_norway::Deserializer::from_str(&text) {
-        let value = serde_json::Value::deserialize(doc)?;
-        let name = value["metadata"]["name"].as_str().context("worker RBAC object without a name")?.to_string();
-        match value["kind"].as_str() {
-            Some("ServiceAccount") => {
-                let obj: ServiceAccount = serde_json::from_value(value)?;
-                Api::<ServiceAccount>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&obj)).await?;
-            }
-            Some("Role") => {
-                let obj: Role = serde_json::from_value(value)?;
-                Api::<Role>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&obj)).await?;
-            }
-            Some("RoleBinding") => {
-                let obj: RoleBinding = serde_json::from_value(value)?;
-                Api::<RoleBinding>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&obj)).await?;
-            }
-            other => bail!("unexpected kind {other:?} in worker-role.yaml"),
-        }
-    }
-    Ok(())
-}
-
-/// The operator for one namespace, as a host process; killed on drop.
-pub struct Operator {
-    child: Child,
-    pub port: u16,
-    pub log: PathBuf,
-}
-
-impl Operator {
-    /// Starts `activity-operator --namespace <ns>` and waits until `/readyz` answers.
-    pub async fn start(cluster: &Cluster, ns: &str) -> anyhow::Result<Self> {
-        let exe = operator_exe();
-        if !exe.exists() {
-            bail!("{} does not exist: build it first (`make bench` does)", exe.display());
-        }
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let logs = cluster.log_dir();
-        std::fs::create_dir_all(&logs)?;
-        let log = logs.join(format!("bench-operator-{ns}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(&exe)
-            .args(["--namespace", ns, "--metrics-bind-address", &format!("127.0.0.1:{port}")])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        let op = Operator { child, port, log };
-        wait_for(Duration::from_secs(30), "operator /readyz", || async {
-            Ok(op.get("/readyz").await.ok().filter(|b| b.trim() == "ok").map(|_| ()))
-        })
-        .await?;
-        Ok(op)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// GET on the operator's HTTP port.
-    pub async fn get(&self, path: &str) -> anyhow::Result<String> {
-        activity_tests::operator::http_get(self.port, path).await
-    }
-
-    /// The samples of a counter family in `/metrics`, by their label set (`{kind="pod"}`; `""`
-    /// for none).
-    pub async fn counters(&self, name: &str) -> anyhow::Result<HashMap<String, f64>> {
-        let text = self.get("/metrics").await?;
-        let mut out = HashMap::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix(name) else { continue };
-            if !rest.starts_with(['{', ' ']) {
-                continue;
-            }
-            let (labels, value) = rest.rsplit_once(' ').context("malformed metrics line")?;
-            out.insert(labels.trim().to_string(), value.parse::<f64>()?);
-        }
-        Ok(out)
-    }
-
-    /// `VmRSS` and `VmHWM` (peak) of the operator process, KiB.
-    pub fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |key: &str| -> anyhow::Result<u64> {
-            let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("no {key}"))?;
-            Ok(line.split_whitespace().nth(1).context("malformed")?.parse()?)
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
-    }
-
-    /// CPU seconds (user + system) the operator process used so far.
-    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        cpu_seconds(self.pid())
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// CPU seconds (user + system) of a process, from /proc/<pid>/stat.
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(") ").context("malformed stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: [0]=state ... [11]=utime [12]=stime, in clock ticks (100 Hz on Linux).
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
 }
 
 /// Records, for each object of a watch, the first time (local clock, seconds since the epoch) a

@@ -428,7 +428,7 @@ pub async fn load(cluster: &Cluster, plan: &LoadPlan) -> anyhow::Result<Vec<RunR
         let pods_before = pods.list_metadata(&ListParams::default()).await?.items.len();
         bench.op.kill();
         let t0 = Instant::now();
-        bench.op = Operator::start(&bench.cluster, &bench.ns).await?;
+        bench.op.relaunch().await?;
         let ready = t0.elapsed().as_secs_f64();
         wait_for(patience(n, 60), "every deadline re-armed", || async {
             Ok((bench.op.counters(ARMED).await?.values().sum::<f64>() >= n as f64).then_some(()))

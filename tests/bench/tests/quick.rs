@@ -15,7 +15,7 @@ async fn quick_scenarios() {
     let cluster = Cluster::connect(&activity_tests::kubeconfig_path()).await.expect("local cluster (make cluster)");
     // What an interrupted run leaves behind: its namespace, with an Activity that its operator,
     // gone now, still holds by a finalizer. The next bench clears it before it starts.
-    cluster.ensure_crd().await.expect("CRD");
+    cluster.ensure_crd().expect("CRD");
     let leftover = format!("bench-leftover-{:06x}", rand::random::<u32>() & 0xff_ffff);
     let nss: Api<Namespace> = Api::all(cluster.client.clone());
     let ns = json!({"metadata": {"name": leftover, "labels": {"activity-bench": "true"}}});
