@@ -24,8 +24,8 @@ use crate::request::{Request, bounded};
 use crate::throttle::{AfterFailure, Due, Throttle};
 use crate::wire::{self, ApiFailure};
 
-/// Default `spec.cancellationGracePeriod`.
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Default `spec.cancellationGracePeriod`: the one the operator applies.
+pub use activity_crds::resolved::DEFAULT_CANCELLATION_GRACE as DEFAULT_GRACE_PERIOD;
 /// Longest wait for one API request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the worker keeps trying to read its Activity at start.
