@@ -4,26 +4,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use activity_operator::controller::{self, Settings};
-use activity_operator::events;
-use activity_operator::metrics::Metrics;
-use activity_operator::server::{self, Health};
+use activity_operator::leader::{self, Leadership, LeaseSettings};
+use activity_operator::runtime::context::ControllerSettings;
+use activity_operator::runtime::metrics::Metrics;
+use activity_operator::runtime::server::{self, Health};
+use activity_operator::runtime::{controller, events};
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-/// jemalloc rather than the C library's allocator: after a burst of work (hundreds of reconciles
-/// and requests at once) it hands the freed memory back to the system, where glibc's and musl's
-/// malloc kept it. Operator RSS per 1,000 live activities, same load and at most 16 idle
-/// connections: 17.8 MiB with glibc's malloc, 10.8–11.3 with jemalloc, 9.4–10.1 (static musl
-/// build) with the options below (docs/benchmarks.md, fourth round).
+/// jemalloc rather than the C library's allocator: after a burst of work it hands the freed memory
+/// back to the system, where glibc's and musl's malloc keep it (docs/benchmarks.md).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options: pages freed for 1 s go back to the system (the default keeps them 10 s,
-/// which after a burst left RSS several MiB above the live heap for that long).
+/// and RSS stays above the live heap for that long after a burst).
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_CONF: JemallocConf = JemallocConf(c"dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
 
@@ -111,12 +108,42 @@ async fn shutdown_signal() {
     }
 }
 
+/// One controller per watched namespace (or one for all), until `stop` is cancelled.
+async fn run_controllers(
+    args: &Args,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    identity: &str,
+    fence: CancellationToken,
+    stop: CancellationToken,
+) {
+    let reporter = events::Reporter { controller: "activity-operator".into(), instance: identity.into() };
+    let namespaces: Vec<Option<String>> =
+        if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
+    info!(?namespaces, concurrency = args.concurrency, "starting the controller");
+    let controllers =
+        namespaces.into_iter().map(|namespace| {
+            let settings = ControllerSettings {
+                namespace,
+                concurrency: args.concurrency,
+                worker_service_account: args.worker_service_account.clone(),
+                fence: fence.clone(),
+            };
+            let token = stop.clone();
+            controller::run(client.clone(), settings, metrics.clone(), reporter.clone(), async move {
+                token.cancelled().await
+            })
+        });
+    futures::future::join_all(controllers).await;
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args);
-    let client =
-        activity_operator::client::infer(args.idle_connections).await.context("connecting to the Kubernetes API")?;
+    let client = activity_operator::runtime::client::infer(args.idle_connections)
+        .await
+        .context("connecting to the Kubernetes API")?;
     let version = client.apiserver_version().await.context("asking the API server for its version")?;
     info!(server = %version.git_version, "connected to the API server");
 
@@ -144,85 +171,30 @@ async fn main() -> anyhow::Result<()> {
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("activity-operator-{}", std::process::id()))
     });
-    let mut leadership = None;
-    if args.leader_elect {
-        let manager = LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease)
-            .with_namespace(&args.leader_election_namespace)
-            .with_identity(&identity)
-            .with_duration(args.lease_duration_seconds)
-            .with_grace(2)
-            .with_field_manager("activity-operator")
-            .build()
-            .await
-            .context("setting up leader election")?;
-        let (mut is_leader, task) = manager.watch().await;
-        ready.store(true, Ordering::Relaxed);
-        info!(%identity, lease = %args.leader_election_lease, "waiting to become the leader");
-        let became_leader = tokio::select! {
-            _ = stop.cancelled() => false,
-            changed = is_leader.wait_for(|leader| *leader) => {
-                changed.context("leader election stopped")?;
-                true
-            }
+    let leadership = if args.leader_elect {
+        let lease = LeaseSettings {
+            namespace: args.leader_election_namespace.clone(),
+            lease: args.leader_election_lease.clone(),
+            identity: identity.clone(),
+            duration_seconds: args.lease_duration_seconds,
         };
-        if !became_leader {
-            drop(is_leader);
-            let _ = task.await;
-            return Ok(());
+        match leader::acquire(client.clone(), &lease, &ready, &stop).await? {
+            Some(leadership) => Some(leadership),
+            None => return Ok(()),
         }
-        info!(%identity, "became the leader");
-        let lost = stop.child_token();
-        let mut watch = is_leader.clone();
-        {
-            let lost = lost.clone();
-            // Ends on shutdown too: it holds a receiver, and the lease is released only once every
-            // receiver is gone.
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = lost.cancelled() => {}
-                    changed = watch.wait_for(|leader| !*leader) => {
-                        if changed.is_ok() {
-                            error!("lost leadership: stopping");
-                            lost.cancel();
-                        }
-                    }
-                }
-            });
-        }
-        leadership = Some((is_leader, task, lost));
-    }
+    } else {
+        None
+    };
     ready.store(true, Ordering::Relaxed);
 
-    let run_stop = leadership.as_ref().map(|(_, _, lost)| lost.clone()).unwrap_or_else(|| stop.clone());
-    // Writes stop the moment leadership is lost, before the controller has wound down.
-    let fence = leadership.as_ref().map(|(_, _, lost)| lost.clone()).unwrap_or_default();
-    let reporter = events::Reporter { controller: "activity-operator".into(), instance: identity.clone() };
-    let namespaces: Vec<Option<String>> =
-        if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
-    info!(?namespaces, concurrency = args.concurrency, "starting the controller");
-    let controllers =
-        namespaces.into_iter().map(|namespace| {
-            let settings = Settings {
-                namespace,
-                concurrency: args.concurrency,
-                worker_service_account: args.worker_service_account.clone(),
-                fence: fence.clone(),
-            };
-            let token = run_stop.clone();
-            controller::run(client.clone(), settings, metrics.clone(), reporter.clone(), async move {
-                token.cancelled().await
-            })
-        });
-    futures::future::join_all(controllers).await;
+    // Writes stop the moment leadership is lost, before the controllers have wound down.
+    let fence = leadership.as_ref().map(Leadership::fence).unwrap_or_default();
+    let run_stop = leadership.as_ref().map(Leadership::fence).unwrap_or_else(|| stop.clone());
+    run_controllers(&args, client, metrics, &identity, fence, run_stop).await;
 
-    let lost_leadership = leadership.as_ref().is_some_and(|(_, _, lost)| lost.is_cancelled()) && !stop.is_cancelled();
-    if let Some((is_leader, task, _)) = leadership {
-        drop(is_leader); // closing the channel releases the lease
-        match task.await {
-            Ok(Ok(_)) => info!("released the leader lease"),
-            Ok(Err(e)) => warn!(error = %e, "releasing the leader lease"),
-            Err(e) => warn!(error = %e, "leader election task"),
-        }
+    let lost_leadership = leadership.as_ref().is_some_and(Leadership::is_lost) && !stop.is_cancelled();
+    if let Some(leadership) = leadership {
+        leadership.release().await;
     }
     stop.cancel();
     match http.await {

@@ -1,8 +1,11 @@
 //! Table-driven tests of the planner: every phase × event × deadline, with fixed timestamps.
 
 use super::*;
-use crate::pods::Exit;
+use crate::model::freshness::{creates_a_pod_unguarded, exit_without_outcome, judges_a_timeout, pod_to_confirm};
+use crate::model::pod_view::{Exit, WorkerState};
+use activity_crds::{MAX_PAYLOAD_BYTES, StopCause};
 use activity_crds::{Outcome, WorkerFailure};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::json;
 
 const T0: i64 = 1_800_000_000; // activity creation, whole seconds like the API's timestamps
@@ -105,7 +108,7 @@ fn a_new_activity_gets_its_finalizer_and_first_pod_recorded() {
     let mut a = seed();
     a.metadata.finalizers = None;
     let p = plan(&a, &[], at(100));
-    assert_eq!(p.actions, vec![Action::AddFinalizer, Action::CreatePod { attempt: 1 }]);
+    assert_eq!(p.effects, vec![Effect::AddFinalizer, Effect::CreatePod { attempt: 1 }]);
     assert_eq!(p.status.phase, Some(Phase::Pending));
     assert_eq!(p.status.attempt, Some(1));
     assert_eq!(p.status.pod_name.as_deref(), Some("job-1"));
@@ -119,7 +122,7 @@ fn a_new_activity_gets_its_finalizer_and_first_pod_recorded() {
 fn a_pod_not_yet_in_the_cache_is_created_again_without_new_events() {
     let a = applied(seed(), &plan(&seed(), &[], at(100)));
     let p = plan(&a, &[], at(150));
-    assert_eq!(p.actions, vec![Action::CreatePod { attempt: 1 }]);
+    assert_eq!(p.effects, vec![Effect::CreatePod { attempt: 1 }]);
     assert!(p.events.is_empty());
     assert_eq!(p.status, a.status.clone().unwrap(), "nothing to write");
 }
@@ -131,7 +134,7 @@ fn the_worker_starting_moves_to_running_and_arms_both_deadlines() {
     let p = plan(&a, &[running(1, 0)], at(2_300));
     assert_eq!(p.status.phase, Some(Phase::Running));
     assert_eq!(p.status.started_time, Some(MicroTime(at(1_000))));
-    assert!(p.actions.is_empty());
+    assert!(p.effects.is_empty());
     // heartbeat deadline 1 s + 5 s = 6 s, sooner than start-to-close (121 s)
     assert_eq!(p.requeue_after, Some(Duration::from_millis(3_701)));
     // seen promptly: the start is taken as now
@@ -149,7 +152,7 @@ fn a_heartbeat_changes_no_operator_field() {
     status.last_heartbeat_time = Some(MicroTime(at(4_000)));
     status.heartbeat_details = Some(raw(json!({"lastItem": 3})));
     let p = plan(&a, &[running(1, 0)], at(4_010));
-    assert!(p.actions.is_empty() && p.events.is_empty());
+    assert!(p.effects.is_empty() && p.events.is_empty());
     let mut expected = before;
     expected.last_heartbeat_time = Some(MicroTime(at(4_000)));
     expected.heartbeat_details = Some(raw(json!({"lastItem": 3})));
@@ -185,7 +188,7 @@ fn deadlines_are_never_enforced_early_and_enforced_at_the_instant() {
         assert_eq!(got, expected, "{case}");
         if expected.is_some() {
             assert_eq!(p.status.phase, Some(Phase::BackingOff), "{case}");
-            assert!(p.has(&Action::StopPod { name: "job-1".into() }), "{case}: the hung worker is stopped");
+            assert!(p.has(&Effect::StopPod { name: "job-1".into() }), "{case}: the hung worker is stopped");
         } else {
             assert_eq!(p.status.phase, Some(Phase::Running), "{case}");
         }
@@ -209,9 +212,9 @@ fn a_heartbeat_timeout_schedules_the_retry_with_backoff() {
     // Backing off: nothing until the time comes, then attempt 2.
     let b = applied(a, &p);
     let early = plan(&b, &[exited(1, Some(143), "Error", false)], at(6_999));
-    assert!(early.actions.is_empty() && early.events.is_empty());
+    assert!(early.effects.is_empty() && early.events.is_empty());
     let next = plan(&b, &[exited(1, Some(143), "Error", false)], at(7_000));
-    assert_eq!(next.actions, vec![Action::CreatePod { attempt: 2 }]);
+    assert_eq!(next.effects, vec![Effect::CreatePod { attempt: 2 }]);
     assert_eq!((next.status.attempt, next.status.pod_name.as_deref()), (Some(2), Some("job-2")));
     assert_eq!(next.status.started_time, None);
     assert_eq!(next.status.next_attempt_schedule_time, None);
@@ -257,7 +260,7 @@ fn exits_without_an_outcome_are_judged_by_code_and_reason() {
         if let Some(code) = p.status.last_failure.as_ref().and_then(|f| f.exit_code) {
             assert!(p.status.last_failure.as_ref().unwrap().message.contains(&code.to_string()));
         }
-        assert!(!p.actions.iter().any(|a| matches!(a, Action::DeletePod { .. })), "an exited pod is not deleted");
+        assert!(!p.effects.iter().any(|a| matches!(a, Effect::DeletePod { .. })), "an exited pod is not deleted");
     }
 }
 
@@ -280,7 +283,7 @@ fn the_workers_outcome_decides() {
     assert_eq!(p.status.phase, Some(Phase::Succeeded));
     assert_eq!(p.status.result, Some(raw(json!({"n": 10}))));
     assert_eq!(p.status.closed_time, Some(MicroTime(at(2_000))));
-    assert_eq!(p.actions, vec![Action::RemoveFinalizer], "a worker that reported is left to exit");
+    assert_eq!(p.effects, vec![Effect::RemoveFinalizer], "a worker that reported is left to exit");
     assert_eq!(reasons(&p), vec!["Succeeded"]);
     let cond = |t: &str| p.status.conditions.iter().find(|c| c.type_ == t).unwrap().status.clone();
     assert_eq!((cond("Finished"), cond("Succeeded"), cond("Running")), ("True".into(), "True".into(), "False".into()));
@@ -337,8 +340,8 @@ fn schedule_to_start_lapses_on_an_image_that_never_pulls() {
     let f = p.status.last_failure.clone().unwrap();
     assert_eq!((f.timeout_type, f.non_retryable), (Some(TimeoutType::ScheduleToStart), true));
     assert!(f.message.contains("ImagePullBackOff"), "{}", f.message);
-    assert!(p.has(&Action::StopPod { name: "job-1".into() }));
-    assert!(p.has(&Action::RemoveFinalizer));
+    assert!(p.has(&Effect::StopPod { name: "job-1".into() }));
+    assert!(p.has(&Effect::RemoveFinalizer));
 }
 
 #[test]
@@ -348,7 +351,7 @@ fn a_routine_container_start_causes_no_status_write() {
     for reason in [None, Some("ContainerCreating"), Some("PodInitializing")] {
         let p = plan(&pending, &[waiting(1, reason)], at(500));
         assert_eq!(Some(&p.status), pending.status.as_ref(), "{reason:?} changed the status");
-        assert!(p.actions.is_empty(), "{reason:?}: {:?}", p.actions);
+        assert!(p.effects.is_empty(), "{reason:?}: {:?}", p.effects);
     }
     let trouble = plan(&pending, &[waiting(1, Some("CreateContainerConfigError"))], at(500));
     assert_ne!(Some(&trouble.status), pending.status.as_ref(), "a real problem is shown");
@@ -373,7 +376,7 @@ fn schedule_to_close_ends_retries_and_running_attempts() {
     let p = plan(&running_activity(activity(spec), 2, 15_000), &[running(2, 14_000)], at(20_000));
     assert_eq!(p.status.phase, Some(Phase::TimedOut));
     assert_eq!(p.status.last_failure.clone().unwrap().timeout_type, Some(TimeoutType::ScheduleToClose));
-    assert!(p.has(&Action::StopPod { name: "job-2".into() }));
+    assert!(p.has(&Effect::StopPod { name: "job-2".into() }));
     assert!(reasons(&p).contains(&"ScheduleToCloseTimedOut"));
 }
 
@@ -404,13 +407,13 @@ fn pending_and_backing_off_activities_cancel_at_once() {
     let p = plan(&cancel_requested(pending.clone()), &[waiting(1, None)], at(1_000));
     assert_eq!(p.status.phase, Some(Phase::Canceled));
     assert_eq!(reasons(&p), vec!["CancelRequested", "Canceled"]);
-    assert!(p.has(&Action::DeletePod { name: "job-1".into() }));
+    assert!(p.has(&Effect::DeletePod { name: "job-1".into() }));
     // Deleted: the finalizer stays until the pod is gone.
     let p = plan(&deleted(pending.clone()), &[waiting(1, None)], at(1_000));
-    assert!(!p.has(&Action::RemoveFinalizer));
+    assert!(!p.has(&Effect::RemoveFinalizer));
     let gone = applied(deleted(pending), &p);
     let p = plan(&gone, &[], at(1_200));
-    assert_eq!(p.actions, vec![Action::RemoveFinalizer]);
+    assert_eq!(p.effects, vec![Effect::RemoveFinalizer]);
 
     let mut backing_off = running_activity(seed(), 1, 0);
     let s = backing_off.status.as_mut().unwrap();
@@ -427,14 +430,14 @@ fn a_running_worker_gets_the_grace_period_then_its_pod_is_deleted() {
     let p = plan(&a, &[running(1, 0)], at(2_000));
     assert_eq!(p.status.phase, Some(Phase::Canceling));
     assert_eq!(p.status.cancel_requested_time, Some(MicroTime(at(2_000))));
-    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert!(p.effects.is_empty(), "{:?}", p.effects);
     assert_eq!(p.requeue_after, Some(Duration::from_millis(30_001)), "the grace period, not the heartbeat timeout");
     let a = applied(a, &p);
     // Still canceling after heartbeat deadlines pass: no retry, no timeout.
     let p = plan(&a, &[running(1, 0)], at(20_000));
-    assert_eq!((p.status.phase, p.actions.len()), (Some(Phase::Canceling), 0));
+    assert_eq!((p.status.phase, p.effects.len()), (Some(Phase::Canceling), 0));
     let p = plan(&a, &[running(1, 0)], at(32_000));
-    assert_eq!(p.actions, vec![Action::DeletePod { name: "job-1".into() }]);
+    assert_eq!(p.effects, vec![Effect::DeletePod { name: "job-1".into() }]);
     assert_eq!(reasons(&p), vec!["CancellationGraceExpired"]);
     // The worker stops (by itself or by the deletion): Canceled.
     let p = plan(&a, &[exited(1, Some(0), "Completed", false)], at(33_000));
@@ -447,16 +450,16 @@ fn a_deleted_running_activity_keeps_its_finalizer_until_the_worker_is_gone() {
     let a = deleted(running_activity(seed(), 1, 1_000));
     let p = plan(&a, &[running(1, 0)], at(5_100));
     assert_eq!(p.status.phase, Some(Phase::Canceling));
-    assert!(!p.has(&Action::RemoveFinalizer));
+    assert!(!p.has(&Effect::RemoveFinalizer));
     let a = applied(a, &p);
     let p = plan(&a, &[exited(1, Some(143), "Error", false)], at(6_000));
     assert_eq!(p.status.phase, Some(Phase::Canceled));
-    assert_eq!(p.actions, vec![Action::RemoveFinalizer]);
+    assert_eq!(p.effects, vec![Effect::RemoveFinalizer]);
     // not held by us: nothing at all
     let mut free = deleted(seed());
     free.metadata.finalizers = None;
     let p = plan(&free, &[running(1, 0)], at(6_000));
-    assert!(p.actions.is_empty() && p.events.is_empty());
+    assert!(p.effects.is_empty() && p.events.is_empty());
 }
 
 #[test]
@@ -478,23 +481,23 @@ fn a_completion_that_beats_the_cancel_stands() {
 fn stray_pods_of_older_attempts_are_stopped() {
     let a = running_activity(seed(), 2, 1_000);
     let p = plan(&a, &[running(1, 0), running(2, 500)], at(2_000));
-    assert_eq!(p.actions, vec![Action::StopPod { name: "job-1".into() }], "stopped, not deleted: its logs stay");
+    assert_eq!(p.effects, vec![Effect::StopPod { name: "job-1".into() }], "stopped, not deleted: its logs stay");
     let mut deleting = running(1, 0);
     deleting.deleting = true;
     let p = plan(&a, &[deleting, running(2, 500)], at(2_000));
-    assert!(p.actions.is_empty(), "a pod already being deleted is not deleted again");
+    assert!(p.effects.is_empty(), "a pod already being deleted is not deleted again");
     let mut stopped = running(1, 0);
     stopped.stop_by = Some(at(1_500));
     let p = plan(&a, &[stopped, running(2, 500)], at(2_000));
-    assert!(p.actions.is_empty(), "a pod already stopped is not stopped again");
+    assert!(p.effects.is_empty(), "a pod already stopped is not stopped again");
     // The pod of a finished attempt whose sidecars still run is stopped too.
     let mut sidecars = exited(1, Some(0), "Completed", false);
     sidecars.pod_live = true;
     let p = plan(&a, &[sidecars, running(2, 500)], at(2_000));
-    assert_eq!(p.actions, vec![Action::StopPod { name: "job-1".into() }]);
+    assert_eq!(p.effects, vec![Effect::StopPod { name: "job-1".into() }]);
     // Deleting the activity deletes its pods.
     let p = plan(&deleted(a), &[running(1, 0), running(2, 500)], at(2_000));
-    assert!(p.has(&Action::DeletePod { name: "job-1".into() }));
+    assert!(p.has(&Effect::DeletePod { name: "job-1".into() }));
 }
 
 #[test]
@@ -507,12 +510,12 @@ fn finished_activities_release_the_finalizer_and_honour_ttl() {
         ..ActivityStatus::default()
     });
     let p = plan(&a, &[exited(1, Some(0), "Completed", false)], at(11_000));
-    assert_eq!(p.actions, vec![Action::RemoveFinalizer]);
+    assert_eq!(p.effects, vec![Effect::RemoveFinalizer]);
     assert_eq!(p.requeue_after, Some(Duration::from_millis(29_001)));
     assert!(p.events.is_empty());
     a.metadata.finalizers = None;
     let p = plan(&a, &[], at(40_000));
-    assert_eq!(p.actions, vec![Action::DeleteActivity]);
+    assert_eq!(p.effects, vec![Effect::DeleteActivity]);
 }
 
 #[test]
@@ -526,7 +529,7 @@ fn an_invalid_spec_fails_once_with_the_field_named() {
     assert!(p.events.iter().any(|e| e.warning && e.reason == Reason::InvalidSpec));
     let again = plan(&applied(a, &p), &[], at(1_000));
     assert!(again.events.is_empty(), "no hot loop: a failed activity stays failed");
-    assert!(!again.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })));
+    assert!(!again.effects.iter().any(|a| matches!(a, Effect::CreatePod { .. })));
 }
 
 #[test]
@@ -582,7 +585,7 @@ fn a_pod_the_api_server_refuses_fails_the_activity_once() {
     assert_eq!(reasons(&p), vec!["PodRejected", "Failed"]);
     assert!(p.events[0].warning);
     let again = plan(&applied(a, &p), &[], at(20));
-    assert!(!again.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })), "no hot loop");
+    assert!(!again.effects.iter().any(|a| matches!(a, Effect::CreatePod { .. })), "no hot loop");
 }
 
 #[test]
@@ -662,11 +665,11 @@ fn a_plan_that_creates_a_pod_and_writes_nothing_is_recognised() {
     let again = plan(&pending, &[], at(2_000));
     let pending = applied(pending, &again);
     let again = plan(&pending, &[], at(2_000));
-    assert!(again.has(&Action::CreatePod { attempt: 1 }), "{:?}", again.actions);
+    assert!(again.has(&Effect::CreatePod { attempt: 1 }), "{:?}", again.effects);
     assert!(creates_a_pod_unguarded(&pending, &again));
     // Starting an attempt writes the status with the attempt in it: guarded by that write.
     let first = plan(&seed(), &[], at(0));
-    assert!(first.has(&Action::CreatePod { attempt: 1 }));
+    assert!(first.has(&Effect::CreatePod { attempt: 1 }));
     assert!(!creates_a_pod_unguarded(&seed(), &first));
     // Running with its pod: nothing to create.
     let a = running_activity(seed(), 1, 1_000);
@@ -760,18 +763,18 @@ fn the_next_attempt_waits_until_the_last_ones_pod_has_stopped() {
     hung.stop_by = Some(at(34_000));
     let p = plan(&a, &[hung.clone()], at(6_000));
     assert_eq!(p.status.phase, Some(Phase::BackingOff), "no second live attempt");
-    assert!(!p.actions.iter().any(|x| matches!(x, Action::CreatePod { .. })));
+    assert!(!p.effects.iter().any(|x| matches!(x, Effect::CreatePod { .. })));
     let given_up = add(at(34_000), LOST_NODE_MARGIN);
     assert_eq!(p.requeue_after, Some(given_up.duration_since(at(6_000)).unsigned_abs() + Duration::from_millis(1)));
     // Gone: attempt 2 starts.
     let p = plan(&a, &[exited(1, Some(137), "Error", false)], at(36_000));
-    assert!(p.has(&Action::CreatePod { attempt: 2 }));
+    assert!(p.has(&Effect::CreatePod { attempt: 2 }));
     // A pod that never stops (its node is lost) holds the next attempt back only so long.
     let p = plan(&a, &[hung.clone()], given_up);
-    assert!(p.has(&Action::CreatePod { attempt: 2 }));
+    assert!(p.has(&Effect::CreatePod { attempt: 2 }));
     // A pod not stopped yet is stopped and waited for.
     let p = plan(&a, &[running(1, 0)], at(6_000));
-    assert!(p.has(&Action::StopPod { name: "job-1".into() }) && !p.has(&Action::CreatePod { attempt: 2 }));
+    assert!(p.has(&Effect::StopPod { name: "job-1".into() }) && !p.has(&Effect::CreatePod { attempt: 2 }));
 }
 
 #[test]
@@ -811,13 +814,13 @@ fn pause_stops_what_has_not_started_and_unpause_starts_the_next_attempt_at_once(
     let pending = applied(seed(), &plan(&seed(), &[], at(0)));
     let p = plan(&paused(pending.clone(), true), &[waiting(1, None)], at(100));
     assert_eq!(p.status.phase, Some(Phase::Paused));
-    assert!(p.has(&Action::StopPod { name: "job-1".into() }));
+    assert!(p.has(&Effect::StopPod { name: "job-1".into() }));
     assert_eq!(reasons(&p), vec!["Paused"]);
     assert!(p.status.conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True"));
     let is_paused = applied(paused(pending, true), &p);
     // No attempt starts while paused, however long.
     let p = plan(&is_paused, &[exited(1, Some(143), "Error", false)], at(60_000));
-    assert_eq!((p.status.phase, p.actions.clone()), (Some(Phase::Paused), vec![]));
+    assert_eq!((p.status.phase, p.effects.clone()), (Some(Phase::Paused), vec![]));
     // Unpaused: attempt 2 at once (the stopped attempt 1 did not count).
     let p = plan(&paused(is_paused, false), &[exited(1, Some(143), "Error", false)], at(61_000));
     assert_eq!((p.status.phase, p.status.attempt), (Some(Phase::Pending), Some(2)));
@@ -834,7 +837,7 @@ fn pause_stops_what_has_not_started_and_unpause_starts_the_next_attempt_at_once(
     };
     let p = plan(&paused(backing_off, true), &[exited(1, Some(1), "Error", false)], at(2_000));
     assert_eq!(p.status.phase, Some(Phase::Paused));
-    assert!(!p.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })));
+    assert!(!p.effects.iter().any(|a| matches!(a, Effect::CreatePod { .. })));
 }
 
 #[test]
@@ -880,7 +883,7 @@ fn reset_reruns_a_failed_activity_with_a_fresh_budget_and_numbers_that_keep_incr
         at(40_000),
     );
     assert_eq!((p.status.phase, p.status.attempt), (Some(Phase::Pending), Some(5)));
-    assert!(p.has(&Action::AddFinalizer) && p.has(&Action::CreatePod { attempt: 5 }));
+    assert!(p.has(&Effect::AddFinalizer) && p.has(&Effect::CreatePod { attempt: 5 }));
     let last = p.status.last_reset.clone().unwrap();
     assert_eq!(
         (last.requested_at.as_str(), last.attempt, last.time),
@@ -906,7 +909,7 @@ fn reset_of_a_running_attempt_waits_for_the_worker_then_starts_the_next() {
     assert_eq!((p.status.phase, p.status.attempt), (Some(Phase::Running), Some(1)), "the worker is told first");
     // Past cancellationGracePeriod (30 s) from the request: its pod is stopped.
     let p = plan(&act, &[running(1, 0)], at(32_000));
-    assert!(p.has(&Action::StopPod { name: "job-1".into() }));
+    assert!(p.has(&Effect::StopPod { name: "job-1".into() }));
     // Gone: attempt 2 with a fresh budget.
     let p = plan(&act, &[exited(1, Some(143), "Error", false)], at(33_000));
     assert_eq!((p.status.phase, p.status.attempt), (Some(Phase::Pending), Some(2)));
@@ -937,7 +940,7 @@ fn start_delay_schedules_the_first_attempt_and_starts_the_schedule_to_close_cloc
     let a = activity(json!({"startToCloseTimeout": "1m", "scheduleToCloseTimeout": "10s", "startDelay": "5s"}));
     let p = plan(&a, &[], at(0));
     assert_eq!(p.status.phase, Some(Phase::Scheduled));
-    assert!(p.actions.iter().all(|x| !matches!(x, Action::CreatePod { .. })));
+    assert!(p.effects.iter().all(|x| !matches!(x, Effect::CreatePod { .. })));
     let scheduled = applied(a, &p);
     assert!(plan(&scheduled, &[], at(4_999)).status.phase == Some(Phase::Scheduled), "never early");
     let p = plan(&scheduled, &[], at(5_000));
@@ -1002,8 +1005,8 @@ fn a_pod_being_evicted_is_judged_disrupted_before_it_disappears() {
     assert_eq!(p.status.last_failure.as_ref().map(|f| f.type_.as_str()), Some("Evicted"));
     // The next attempt waits until the evicted pod has stopped.
     let backing_off = applied(a, &p);
-    assert!(!plan(&backing_off, &[evicting], at(2_100)).has(&Action::CreatePod { attempt: 2 }));
-    assert!(plan(&backing_off, &[], at(2_100)).has(&Action::CreatePod { attempt: 2 }));
+    assert!(!plan(&backing_off, &[evicting], at(2_100)).has(&Effect::CreatePod { attempt: 2 }));
+    assert!(plan(&backing_off, &[], at(2_100)).has(&Effect::CreatePod { attempt: 2 }));
 }
 
 /// Every phase × every operation request (and the combinations), at one instant: what it becomes.
@@ -1103,7 +1106,7 @@ fn every_phase_answers_every_operation_request() {
         let a = apply(with_phase(*before), *request);
         let p = plan(&a, &pods_for(*before), at(2_000));
         assert_eq!(p.status.phase, Some(*after), "{before:?} + {request:?}");
-        let starts = p.actions.iter().any(|x| matches!(x, Action::CreatePod { .. }));
+        let starts = p.effects.iter().any(|x| matches!(x, Effect::CreatePod { .. }));
         assert_eq!(
             starts,
             *after == Pending && *before != Some(Pending),

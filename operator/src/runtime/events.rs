@@ -1,18 +1,18 @@
 //! Kubernetes Events (`events.k8s.io/v1`), published off the reconcile path.
 //!
 //! An Event is a notification (the Activity's status is the record), so a reconcile only queues
-//! it and goes on: with many deadlines lapsing at once, waiting for each Event's POST inside the
-//! reconcile delayed the next activity's timeout by that round trip. Background tasks publish the
-//! queue: a few lanes, each sequential, and an activity's events always take the same lane, so
-//! they keep their order. When a lane is full (the API server is far behind), new Events are
-//! dropped, logged, and counted in `activity_operator_events_dropped_total`.
+//! it and goes on: waiting for each Event's POST would delay the next activity's deadline by that
+//! round trip. Background tasks publish the queue: a few lanes, each sequential, and an
+//! activity's events always take the same lane, so they keep their order. When a lane is full (the
+//! API server is far behind), new Events are dropped, logged, and counted in
+//! `activity_operator_events_dropped_total`. Once the fence trips (leadership lost), nothing is
+//! queued or published.
 //!
 //! An Event that repeats one published shortly before (same object, type, reason and message,
 //! within [`SERIES_WINDOW`]) is not created again: the earlier one's `series` count goes up, and
 //! `kubectl describe` shows "(x3 over 5m)". Each lane remembers its last [`RECENT`] Events for this,
-//! so the memory is bounded whatever the number of activities. (kube-runtime's `Recorder` keeps
-//! every Event of the last six minutes and scans them all on every publish: its table alone was
-//! 8.6 MiB of the operator's heap when 1,000 activities started at once, measured with heaptrack.)
+//! so the memory is bounded whatever the number of activities (kube-runtime's `Recorder` keeps
+//! every Event of the last six minutes and scans them all on every publish).
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -30,8 +30,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
-use crate::planner::Event;
+use activity_crds::Activity;
+use kube::Resource;
+
+use crate::model::plan::Event;
+use crate::runtime::metrics::Metrics;
 
 /// Events waiting to be published in one lane, at most.
 const QUEUE: usize = 2048;
@@ -53,12 +56,13 @@ pub struct Reporter {
     pub instance: String,
 }
 
-/// One Event to publish, about `regarding`.
+/// One Event to publish, about `regarding` (in `namespace`).
 #[derive(Clone, Debug)]
-struct Queued {
+pub(crate) struct Queued {
+    namespace: String,
     regarding: ObjectReference,
     warning: bool,
-    reason: &'static str,
+    pub(crate) reason: &'static str,
     note: String,
 }
 
@@ -80,18 +84,27 @@ pub enum Publish {
     Repeat { name: String, count: i32 },
 }
 
-/// The last [`RECENT`] Events of a lane: their key, name, count and last time. Pure (time injected).
+/// A published Event: its key, its object's name, its series count and its last occurrence.
+#[derive(Debug)]
+struct Published {
+    key: u64,
+    name: String,
+    count: i32,
+    last: Timestamp,
+}
+
+/// The last [`RECENT`] Events of a lane. Pure (time injected).
 #[derive(Default)]
 pub struct Recent {
-    entries: VecDeque<(u64, String, i32, Timestamp)>,
+    entries: VecDeque<Published>,
 }
 
 impl Recent {
     /// Whether an Event with this key, occurring at `now`, repeats a recent one.
     pub fn decide(&self, key: u64, now: Timestamp) -> Publish {
-        match self.entries.iter().find(|(k, ..)| *k == key) {
-            Some((_, name, count, last)) if now.duration_since(*last) < SERIES_WINDOW => {
-                Publish::Repeat { name: name.clone(), count: count + 1 }
+        match self.entries.iter().find(|e| e.key == key) {
+            Some(e) if now.duration_since(e.last) < SERIES_WINDOW => {
+                Publish::Repeat { name: e.name.clone(), count: e.count + 1 }
             }
             _ => Publish::Create,
         }
@@ -99,16 +112,16 @@ impl Recent {
 
     /// Records that the Event `name` with this key now has `count` occurrences, the last at `now`.
     pub fn record(&mut self, key: u64, name: String, count: i32, now: Timestamp) {
-        self.entries.retain(|(k, ..)| *k != key);
+        self.entries.retain(|e| e.key != key);
         if self.entries.len() >= RECENT {
             self.entries.pop_front();
         }
-        self.entries.push_back((key, name, count, now));
+        self.entries.push_back(Published { key, name, count, last: now });
     }
 
     /// Forgets an Event (its series could not be patched: it is gone from the API server).
     fn forget(&mut self, key: u64) {
-        self.entries.retain(|(k, ..)| *k != key);
+        self.entries.retain(|e| e.key != key);
     }
 }
 
@@ -117,6 +130,7 @@ impl Recent {
 pub struct EventQueue {
     lanes: Vec<mpsc::Sender<Queued>>,
     metrics: Arc<Metrics>,
+    fence: CancellationToken,
 }
 
 /// The publishing tasks; [`Publisher::drain`] waits for them once every [`EventQueue`] is dropped.
@@ -150,11 +164,11 @@ pub fn start(
             (tx, task)
         })
         .unzip();
-    (EventQueue { lanes, metrics }, Publisher { tasks })
+    (EventQueue { lanes, metrics, fence }, Publisher { tasks })
 }
 
 async fn publish(client: &Client, reporter: &Reporter, recent: &mut Recent, event: &Queued) -> kube::Result<()> {
-    let ns = event.regarding.namespace.as_deref().unwrap_or("default");
+    let ns = event.namespace.as_str();
     let api: Api<K8sEvent> = Api::namespaced(client.clone(), ns);
     let key = event.key();
     let now = Timestamp::now();
@@ -195,8 +209,24 @@ impl EventQueue {
         &self.lanes[hash.finish() as usize % self.lanes.len()]
     }
 
-    /// Logs, counts and queues the events of one activity.
-    pub fn send(&self, reference: &ObjectReference, events: &[Event]) {
+    /// A queue whose lanes are `lanes` (the receiving ends are the caller's).
+    #[cfg(test)]
+    pub(crate) fn detached(metrics: Arc<Metrics>, fence: CancellationToken) -> (Self, Vec<mpsc::Receiver<Queued>>) {
+        let (lanes, receivers) = (0..LANES).map(|_| mpsc::channel::<Queued>(QUEUE)).unzip();
+        (EventQueue { lanes, metrics, fence }, receivers)
+    }
+
+    /// Logs, counts and queues the events of one activity. Nothing is queued once the fence has
+    /// tripped, nor for an object without a namespace (Events are namespaced).
+    pub fn send(&self, act: &Activity, events: &[Event]) {
+        if self.fence.is_cancelled() {
+            return;
+        }
+        let reference = act.object_ref(&());
+        let Some(namespace) = reference.namespace.clone() else {
+            warn!("an Activity without a namespace: its Events are not recorded");
+            return;
+        };
         for event in events {
             self.metrics.count_event(event.reason);
             let reason = event.reason.as_str();
@@ -206,13 +236,14 @@ impl EventQueue {
                 info!(reason, "{}", event.message);
             }
             let queued = Queued {
+                namespace: namespace.clone(),
                 regarding: reference.clone(),
                 warning: event.warning,
                 reason,
                 // The API server refuses a note over 1 KiB.
                 note: event.message.chars().take(1000).collect(),
             };
-            if self.lane(reference).try_send(queued).is_err() {
+            if self.lane(&reference).try_send(queued).is_err() {
                 self.metrics.events_dropped.inc();
                 warn!(reason, "event queue full: event not recorded (the status has it)");
             }
@@ -240,6 +271,7 @@ mod tests {
 
     fn queued(name: &str, note: &str) -> Queued {
         Queued {
+            namespace: "ns".into(),
             regarding: ObjectReference { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() },
             warning: true,
             reason: "PodCreateFailed",

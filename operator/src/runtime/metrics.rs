@@ -9,11 +9,56 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::reason::Reason;
+use crate::model::freshness::FreshRead;
+use crate::model::reason::Reason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
+}
+
+fn label(kind: &str) -> KindLabel {
+    KindLabel { kind: kind.into() }
+}
+
+/// A write the operator made to the API (the `kind` label of `activity_operator_api_writes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    Status,
+    PodCreate,
+    PodStop,
+    PodDelete,
+    Finalizer,
+    ActivityDelete,
+}
+
+impl WriteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteKind::Status => "status",
+            WriteKind::PodCreate => "pod_create",
+            WriteKind::PodStop => "pod_stop",
+            WriteKind::PodDelete => "pod_delete",
+            WriteKind::Finalizer => "finalizer",
+            WriteKind::ActivityDelete => "activity_delete",
+        }
+    }
+}
+
+/// A watched resource (the `kind` label of `activity_operator_watch_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    Activities,
+    Pods,
+}
+
+impl Watched {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Watched::Activities => "activities",
+            Watched::Pods => "pods",
+        }
+    }
 }
 
 /// The operator's metrics.
@@ -114,17 +159,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn write(&self, kind: &str) {
-        self.api_writes.get_or_create(&KindLabel { kind: kind.into() }).inc();
+    pub fn write(&self, kind: WriteKind) {
+        self.api_writes.get_or_create(&label(kind.as_str())).inc();
     }
 
-    pub fn fresh_read(&self, why: &str) {
-        self.fresh_reads.get_or_create(&KindLabel { kind: why.into() }).inc();
+    pub fn fresh_read(&self, why: FreshRead) {
+        self.fresh_reads.get_or_create(&label(why.as_str())).inc();
+    }
+
+    /// A failed reconcile, by the error's kind.
+    pub fn reconcile_error(&self, kind: &str) {
+        self.reconcile_errors.get_or_create(&label(kind)).inc();
     }
 
     /// Counts what an event reason says happened.
     pub fn count_event(&self, reason: Reason) {
-        let label = |k: &str| KindLabel { kind: k.into() };
         match reason {
             Reason::AttemptStarted => self.attempts.inc(),
             Reason::RetryScheduled => self.retries.inc(),
@@ -135,8 +184,8 @@ impl Metrics {
     }
 
     /// A watch stream failed (its objects could not be listed or decoded); it is restarted.
-    pub fn watch_error(&self, resource: &str) {
-        self.watch_errors.get_or_create(&KindLabel { kind: resource.into() }).inc();
+    pub fn watch_error(&self, resource: Watched) {
+        self.watch_errors.get_or_create(&label(resource.as_str())).inc();
     }
 
     pub fn observe_reconcile(&self, took: Duration) {
