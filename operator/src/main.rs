@@ -108,6 +108,40 @@ async fn shutdown_signal() {
     }
 }
 
+/// A token cancelled on SIGTERM or Ctrl-C.
+fn stop_on_signal() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        token.cancel();
+    });
+    stop
+}
+
+/// Binds `/metrics`, `/healthz` and `/readyz` before anything else starts (an operator without
+/// its probes and metrics must not run) and serves them until `stop`.
+async fn serve_health(
+    address: SocketAddr,
+    health: Health,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding --metrics-bind-address {address} (/metrics, /healthz, /readyz)"))?;
+    Ok(tokio::spawn(server::serve(listener, health, async move { stop.cancelled().await })))
+}
+
+fn lease_settings(args: &Args, identity: &str) -> LeaseSettings {
+    LeaseSettings {
+        namespace: args.leader_election_namespace.clone(),
+        lease: args.leader_election_lease.clone(),
+        identity: identity.into(),
+        duration_seconds: args.lease_duration_seconds,
+    }
+}
+
 /// One controller per watched namespace (or one for all), until `stop` is cancelled.
 async fn run_controllers(
     args: &Args,
@@ -147,38 +181,17 @@ async fn main() -> anyhow::Result<()> {
     let version = client.apiserver_version().await.context("asking the API server for its version")?;
     info!(server = %version.git_version, "connected to the API server");
 
-    let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            info!("shutting down");
-            stop.cancel();
-        });
-    }
+    let stop = stop_on_signal();
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let health = Health { metrics: metrics.clone(), ready: ready.clone() };
-    // Bound before anything else starts: an operator without its probes and metrics must not run.
-    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address).await.with_context(|| {
-        format!("binding --metrics-bind-address {} (/metrics, /healthz, /readyz)", args.metrics_bind_address)
-    })?;
-    let http = {
-        let stop = stop.clone();
-        tokio::spawn(server::serve(listener, health, async move { stop.cancelled().await }))
-    };
+    let http = serve_health(args.metrics_bind_address, health, stop.clone()).await?;
 
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("activity-operator-{}", std::process::id()))
     });
     let leadership = if args.leader_elect {
-        let lease = LeaseSettings {
-            namespace: args.leader_election_namespace.clone(),
-            lease: args.leader_election_lease.clone(),
-            identity: identity.clone(),
-            duration_seconds: args.lease_duration_seconds,
-        };
-        match leader::acquire(client.clone(), &lease, &ready, &stop).await? {
+        match leader::acquire(client.clone(), &lease_settings(&args, &identity), &ready, &stop).await? {
             Some(leadership) => Some(leadership),
             None => return Ok(()),
         }

@@ -7,7 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::model::freshness::FreshRead;
 use crate::model::reason::Reason;
@@ -95,67 +95,60 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("activity_operator");
-        let attempts = Counter::default();
-        let outcomes = Family::<KindLabel, Counter>::default();
-        let timeouts = Family::<KindLabel, Counter>::default();
-        let retries = Counter::default();
-        let reconcile_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        let reconcile_errors = Family::<KindLabel, Counter>::default();
-        let api_writes = Family::<KindLabel, Counter>::default();
-        let heartbeat_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        let events_dropped = Counter::default();
-        let deadlines_armed = Gauge::default();
-        let fresh_reads = Family::<KindLabel, Counter>::default();
-        let watch_errors = Family::<KindLabel, Counter>::default();
-        registry.register("attempts", "Attempts started", attempts.clone());
-        registry.register("outcomes", "Activities finished, by terminal phase", outcomes.clone());
-        registry.register("timeouts", "Deadlines that lapsed, by timeout type", timeouts.clone());
-        registry.register("retries", "Retries scheduled", retries.clone());
-        registry.register("reconcile_duration_seconds", "Time of one reconcile", reconcile_duration.clone());
-        registry.register("reconcile_errors", "Failed reconciles, by error kind", reconcile_errors.clone());
-        registry.register("api_writes", "Writes to the Kubernetes API, by kind", api_writes.clone());
-        registry.register(
-            "heartbeat_lag_seconds",
-            "From a heartbeat's timestamp to the operator observing it",
-            heartbeat_lag.clone(),
-        );
-        registry.register(
-            "events_dropped",
-            "Kubernetes Events not recorded because the queue to the API server was full",
-            events_dropped.clone(),
-        );
-        registry.register(
-            "deadlines_armed",
-            "Unfinished activities whose next deadline is armed as a timer (after a restart: all of them once the first pass is done)",
-            deadlines_armed.clone(),
-        );
-        registry.register(
-            "fresh_reads",
-            "Objects read afresh because the cache was behind, by why: exit, timeout, finalizer or status (a write judged on the cached Activity was refused: the Activity had changed since), pod_create (a plan would create a pod without writing the status), pod (the current attempt's pod was missing from the pod cache)",
-            fresh_reads.clone(),
-        );
-        registry.register(
-            "watch_errors",
-            "Failures of the Activity and pod watches (an object that does not decode, a refused list), by resource",
-            watch_errors.clone(),
-        );
+        let mut r = Registry::with_prefix("activity_operator");
+        let counters = Family::<KindLabel, Counter>::default;
         Metrics {
-            registry,
-            attempts,
-            outcomes,
-            timeouts,
-            retries,
-            reconcile_duration,
-            reconcile_errors,
-            api_writes,
-            heartbeat_lag,
-            events_dropped,
-            deadlines_armed,
-            fresh_reads,
-            watch_errors,
+            attempts: registered(&mut r, "attempts", "Attempts started", Counter::default()),
+            outcomes: registered(&mut r, "outcomes", "Activities finished, by terminal phase", counters()),
+            timeouts: registered(&mut r, "timeouts", "Deadlines that lapsed, by timeout type", counters()),
+            retries: registered(&mut r, "retries", "Retries scheduled", Counter::default()),
+            reconcile_duration: registered(
+                &mut r,
+                "reconcile_duration_seconds",
+                "Time of one reconcile",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            ),
+            reconcile_errors: registered(&mut r, "reconcile_errors", "Failed reconciles, by error kind", counters()),
+            api_writes: registered(&mut r, "api_writes", "Writes to the Kubernetes API, by kind", counters()),
+            heartbeat_lag: registered(
+                &mut r,
+                "heartbeat_lag_seconds",
+                "From a heartbeat's timestamp to the operator observing it",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            events_dropped: registered(
+                &mut r,
+                "events_dropped",
+                "Kubernetes Events not recorded because the queue to the API server was full",
+                Counter::default(),
+            ),
+            deadlines_armed: registered(
+                &mut r,
+                "deadlines_armed",
+                "Unfinished activities whose next deadline is armed as a timer (after a restart: all of them once the first pass is done)",
+                Gauge::default(),
+            ),
+            fresh_reads: registered(
+                &mut r,
+                "fresh_reads",
+                "Objects read afresh because the cache was behind, by why: exit, timeout, finalizer or status (a write judged on the cached Activity was refused: the Activity had changed since), pod_create (a plan would create a pod without writing the status), pod (the current attempt's pod was missing from the pod cache)",
+                counters(),
+            ),
+            watch_errors: registered(
+                &mut r,
+                "watch_errors",
+                "Failures of the Activity and pod watches (an object that does not decode, a refused list), by resource",
+                counters(),
+            ),
+            registry: r,
         }
     }
+}
+
+/// Registers `metric` under `name` and hands it back.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Metrics {

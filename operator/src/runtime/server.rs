@@ -1,5 +1,6 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process runs), `/readyz`
-//! (the API server answered and the operator is either leading with synced caches or standing by).
+//! (the API server answered and, with leader election, the Lease is watched: a standby is ready
+//! too; readiness does not wait for the caches).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

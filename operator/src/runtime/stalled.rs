@@ -32,7 +32,7 @@ pub async fn report<A: ClusterApi>(
     let outcome = match result {
         Ok(_) => clear(ctx, act, key).await,
         Err(error) => match problem_of(error, ctx.memory.failures.count(key)) {
-            Some((reason, message)) => set(ctx, act, key, reason, message).await,
+            Some(problem) => set(ctx, act, key, problem).await,
             None => Ok(()),
         },
     };
@@ -41,10 +41,23 @@ pub async fn report<A: ClusterApi>(
     }
 }
 
-/// What a failed pass means for the user, if it is worth showing: the reason and a message that
-/// says what to do. `failures_before` is the number of failed passes before this one: a transient
+/// What keeps an activity from moving on, as the user is shown it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: Reason,
+    /// What happened and what to do about it.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(reason: Reason, message: String) -> Option<Self> {
+        Some(Problem { reason, message })
+    }
+}
+
+/// What a failed pass means for the user, if it is worth showing. `failures_before` is the number of failed passes before this one: a transient
 /// error (the API server busy, a timeout) is shown only once it persists.
-pub fn problem_of(error: &Error, failures_before: u32) -> Option<(Reason, String)> {
+pub fn problem_of(error: &Error, failures_before: u32) -> Option<Problem> {
     let Error::Kube { action, source } = error else { return None };
     let code = api_code(source);
     let message = api_message(source);
@@ -52,26 +65,26 @@ pub fn problem_of(error: &Error, failures_before: u32) -> Option<(Reason, String
     // RBAC's refusals name the user; a quota's or an admission plugin's are 403s too.
     let rbac = message.contains("User \"") && message.contains(" cannot ");
     match code {
-        Some(403) if *action == "create pod" && missing_account => Some((
+        Some(403) if *action == "create pod" && missing_account => Problem::new(
             Reason::WorkerServiceAccountMissing,
             format!(
                 "the attempt's worker pod names a service account that does not exist ({message}). Install the \
                  chart with this namespace in watchNamespaces (it creates the activity-worker account and its \
                  Role there), or name an existing serviceAccountName in spec.template.spec"
             ),
-        )),
-        Some(403) if rbac => Some((
+        ),
+        Some(403) if rbac => Problem::new(
             Reason::Forbidden,
             format!(
                 "the operator may not {action}: {message}. Its service account lacks this permission: \
                  install the chart's RBAC for this namespace (rbac.create, watchNamespaces)"
             ),
-        )),
+        ),
         _ if *action == "create pod" => {
-            Some((Reason::PodCreateFailed, format!("cannot create the worker pod (retrying): {message}")))
+            Problem::new(Reason::PodCreateFailed, format!("cannot create the worker pod (retrying): {message}"))
         }
-        Some(400 | 404 | 422) => Some((Reason::ApiError, format!("{action}: {message} (retrying)"))),
-        _ if failures_before >= 2 => Some((Reason::ApiError, format!("{action}: {message} (retrying)"))),
+        Some(400 | 404 | 422) => Problem::new(Reason::ApiError, format!("{action}: {message} (retrying)")),
+        _ if failures_before >= 2 => Problem::new(Reason::ApiError, format!("{action}: {message} (retrying)")),
         _ => None,
     }
 }
@@ -83,8 +96,7 @@ async fn set<A: ClusterApi>(
     ctx: &Context<A>,
     act: &Activity,
     key: &ObjectRef<Activity>,
-    reason: Reason,
-    message: String,
+    Problem { reason, message }: Problem,
 ) -> Result<(), Error> {
     ctx.may_write()?;
     ctx.publish(act, &[Event::warning(reason, message.clone())]);
