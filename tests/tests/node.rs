@@ -1,6 +1,9 @@
 //! The process node (deploy/local/node) as the kubelet of the local cluster: pods scheduled by the
 //! real scheduler run as host processes, with kubelet-like status, graceful deletion, garbage
 //! collection, service account credentials under real RBAC, probes and pod IPs.
+//!
+//! Every pod here selects the process node and tolerates its taint (it is tainted while the real
+//! node runs, so that other pods go there).
 
 use std::time::{Duration, Instant};
 
@@ -15,11 +18,17 @@ use serde_json::json;
 
 const NODE: &str = "local-node";
 
+/// The process node's taint while a real node runs (deploy/local/realnode/realnode.sh).
+const PROCESS_NODE_TAINT: &str = activity_tests::realnode::PROCESS_NODE_TAINT;
+
+/// A pod for the process node: its nodeSelector names it, and it tolerates its taint.
 fn pod(name: &str, spec: serde_json::Value) -> Pod {
     let mut spec = spec;
     if spec.get("terminationGracePeriodSeconds").is_none() {
         spec["terminationGracePeriodSeconds"] = json!(5);
     }
+    spec["nodeSelector"] = json!({"kubernetes.io/hostname": NODE});
+    spec["tolerations"] = json!([{"key": PROCESS_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]);
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
 }
 

@@ -34,6 +34,7 @@ async def process_records(input: dict[str, Any] | None) -> int:
     log.info("attempt %d: records %d..%d", activity.info().attempt, offset, count)
     while offset < count:
         await process_record(offset, random.uniform(low, high))  # asyncio.CancelledError when canceled
+        log.info("processed record %d", offset)
         offset += 1
         activity.heartbeat({"offset": offset, "progress": f"{offset}/{count}"})
     return offset
