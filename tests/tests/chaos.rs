@@ -14,9 +14,11 @@
 //!   showed `lastItem: L` while attempt `a` was current, no attempt after `a` processes an item
 //!   `<= L` (from the `processed item i` lines of the pod logs), and every item was processed.
 //!
-//! Not injected: API server or etcd restarts. `deploy/local/cluster.sh` has no command that
-//! restarts one component (`up` on a cluster with a dead component wipes and starts a fresh one),
-//! and the cluster is shared with other tests.
+//! Also injected, once per round in turn: a SIGKILL and restart of kube-apiserver, of etcd or of
+//! the process node, each started again exactly as `deploy/local/cluster.sh` started it (same
+//! arguments, environment and directory, its own session, its pid recorded for `cluster.sh down`).
+//! The activities run on the process node (its nodeSelector and toleration), whose pods are host
+//! processes the test can SIGSTOP and whose logs it reads.
 //!
 //! Slow and disruptive, so ignored by plain `cargo test`:
 //!
@@ -27,6 +29,8 @@
 //! `CHAOS_ROUNDS` (default 5) sets the number of rounds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +45,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
+
+/// The process node's name.
+const PROCESS_NODE: &str = "local-node";
+/// The cluster components restarted in turn, one per round (their names under `pids/`).
+const COMPONENTS: [&str; 3] = ["kube-apiserver", "etcd", "process-node"];
 
 /// Activities per round.
 const BURST: usize = 6;
@@ -68,6 +77,9 @@ fn spec(fail_after: u64) -> Value {
                         "maximumAttempts": 40},
         "template": {"spec": {
             "terminationGracePeriodSeconds": 2,
+            "nodeSelector": {"kubernetes.io/hostname": PROCESS_NODE},
+            "tolerations": [{"key": activity_tests::realnode::PROCESS_NODE_TAINT, "operator": "Exists",
+                             "effect": "NoSchedule"}],
             "containers": [{
                 "name": "worker",
                 "image": "ghcr.io/heartbeat-dev/activity-worker:0.1.0",
@@ -232,6 +244,66 @@ enum Fault {
     WorkerKill,
     /// SIGSTOP a running worker's process; SIGCONT it 3–8 s later if it still lives.
     WorkerStop,
+    /// SIGKILL a component of the cluster and start it again.
+    ComponentRestart(&'static str),
+}
+
+/// The NUL-separated fields of a /proc file.
+fn proc_fields(pid: u32, file: &str) -> anyhow::Result<Vec<OsString>> {
+    let bytes = std::fs::read(format!("/proc/{pid}/{file}"))?;
+    Ok(bytes.split(|b| *b == 0).filter(|f| !f.is_empty()).map(|f| OsString::from_vec(f.to_vec())).collect())
+}
+
+/// SIGKILLs the cluster's `component` and starts it again as `cluster.sh` had: the same argv,
+/// environment and working directory, in a session of its own (`setsid`), its output appended to
+/// `logs/<component>.log`, the new pid recorded in `pids/<component>.pid`.
+async fn restart_component(component: &str) -> anyhow::Result<u32> {
+    let dir = local_dir();
+    let pid_file = dir.join("pids").join(format!("{component}.pid"));
+    let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    let argv = proc_fields(pid, "cmdline")?;
+    let env: Vec<(OsString, OsString)> = proc_fields(pid, "environ")?
+        .into_iter()
+        .filter_map(|kv| {
+            let kv = kv.into_vec();
+            let eq = kv.iter().position(|b| *b == b'=')?;
+            Some((OsString::from_vec(kv[..eq].to_vec()), OsString::from_vec(kv[eq + 1..].to_vec())))
+        })
+        .collect();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
+    let (program, args) = argv.split_first().ok_or_else(|| anyhow::anyhow!("{component}: empty command line"))?;
+    let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+    anyhow::ensure!(killed.success(), "kill -KILL {pid} ({component}) failed");
+    // Gone, or a zombie waiting for its parent: either way it holds no port any more.
+    wait_for(Duration::from_secs(10), "the killed component gone", || async {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let gone = state
+            .as_deref()
+            .is_none_or(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')));
+        Ok(gone.then_some(()))
+    })
+    .await?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("logs").join(format!("{component}.log")))?;
+    let child = Command::new("setsid")
+        .arg(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    std::fs::write(&pid_file, format!("{}\n", child.id()))?;
+    // The API server answers again (through it, etcd too).
+    wait_for(Duration::from_secs(60), "the API server ready after the restart", || async {
+        Ok(kubectl(&["get", "--raw", "/readyz"]).ok().filter(|r| r.trim() == "ok").map(|_| ()))
+    })
+    .await?;
+    Ok(child.id())
 }
 
 /// One attempt's worker log: when it started and the items it processed, with their times.
@@ -403,7 +475,13 @@ async fn round(
         .expect("activity json");
         acts.create(&PostParams::default(), &act).await.expect("create activity");
     }
-    let mut faults = vec![Fault::OperatorKill, Fault::OperatorStop, Fault::WorkerKill, Fault::WorkerStop];
+    let mut faults = vec![
+        Fault::OperatorKill,
+        Fault::OperatorStop,
+        Fault::WorkerKill,
+        Fault::WorkerStop,
+        Fault::ComponentRestart(COMPONENTS[r % COMPONENTS.len()]),
+    ];
     faults.shuffle(&mut rand::rng());
     let mut done = Vec::new();
     let mut force_deleted = BTreeSet::new();
@@ -417,6 +495,10 @@ async fn round(
                 op = op.restart().await.expect("operator restart");
                 done.push(format!("{at:.1}s operator SIGKILL+restart"));
             }
+            Fault::ComponentRestart(component) => match restart_component(component).await {
+                Ok(pid) => done.push(format!("{at:.1}s {component} SIGKILL+restart (pid {pid})")),
+                Err(e) => violations.push(format!("round {r}: restarting {component}: {e:#}")),
+            },
             Fault::OperatorStop => {
                 op.pause().expect("SIGSTOP operator");
                 tokio::time::sleep(OPERATOR_STOP).await;
