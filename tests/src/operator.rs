@@ -13,6 +13,8 @@ use anyhow::{Context, bail};
 use crate::cluster::LocalCluster;
 use crate::{repo_root, wait_for};
 
+pub use crate::cluster::OPERATOR_ACCOUNT;
+
 /// Directory of the workspace's own debug binaries (`activity-operator`, `activity-worker`), the
 /// ones the process node runs too: `$ACTIVITY_BIN_DIR`, else `$CARGO_TARGET_DIR/debug`, else
 /// `<repo>/target/debug`.
@@ -44,8 +46,6 @@ pub fn ensure_crd() -> anyhow::Result<()> {
 pub fn worker_rbac(ns: &str) -> anyhow::Result<()> {
     LocalCluster::from_env().worker_rbac(ns)
 }
-
-pub use crate::cluster::OPERATOR_ACCOUNT;
 
 /// The operator's identity in `ns` on the local cluster ([`LocalCluster::chart_kubeconfig`]).
 pub fn chart_kubeconfig(ns: &str) -> anyhow::Result<PathBuf> {
