@@ -46,11 +46,17 @@ struct Judge {
     unreported_exit: Option<PodKey>,
 }
 
+/// The guard's answer: judge now, or look again later.
+enum Guard {
+    Judge(Judge),
+    Wait(Action),
+}
+
 async fn pass<A: ClusterApi>(ctx: &Context<A>, act: &Activity, key: &ObjectRef<Activity>) -> Result<Action, Error> {
     let started = Instant::now();
     let judge = match guard(ctx, act, key).await? {
-        Ok(judge) => judge,
-        Err(wait) => return Ok(wait),
+        Guard::Judge(judge) => judge,
+        Guard::Wait(action) => return Ok(action),
     };
     let result = plan_and_execute(ctx, act, &judge).await;
     ctx.metrics.observe_reconcile(started.elapsed());
@@ -70,11 +76,13 @@ async fn plan_and_execute<A: ClusterApi>(
 ) -> Result<Option<Action>, Error> {
     let cached_version = act.resource_version();
     let plan = planner::plan(act, &judge.pods, Timestamp::now());
-    // A plan that would create a pod and write nothing has no precondition to guard it: it is
-    // made from a fresh read at once.
-    let unguarded = freshness::creates_a_pod_unguarded(act, &plan);
     let why = FreshRead::of_plan(act, &plan, judge.unreported_exit.is_some());
-    let executed = if unguarded { Executed::Conflict } else { execute(ctx, act, cached_version.clone(), plan).await? };
+    let executed = if freshness::creates_a_pod_unguarded(act, &plan) {
+        // No precondition would guard it: it is made from a fresh read at once, as if refused.
+        Executed::Conflict
+    } else {
+        execute(ctx, act, cached_version.clone(), plan).await?
+    };
     match executed {
         Executed::Done(action) => Ok(Some(action)),
         Executed::Conflict => {
@@ -84,15 +92,11 @@ async fn plan_and_execute<A: ClusterApi>(
     }
 }
 
-/// Whether the caches can be judged on now: `Err(when to look again)` if not.
-async fn guard<A: ClusterApi>(
-    ctx: &Context<A>,
-    act: &Activity,
-    key: &ObjectRef<Activity>,
-) -> Result<Result<Judge, Action>, Error> {
+/// Whether the caches can be judged on now.
+async fn guard<A: ClusterApi>(ctx: &Context<A>, act: &Activity, key: &ObjectRef<Activity>) -> Result<Guard, Error> {
     if ctx.memory.stale.shows_outdated(key, act.resource_version().as_deref(), Instant::now()) {
         debug!("cache has not seen our last status write yet");
-        return Ok(Err(Action::requeue(CACHE_BEHIND_RETRY)));
+        return Ok(Guard::Wait(Action::requeue(CACHE_BEHIND_RETRY)));
     }
     // Judging an attempt needs its pod: never plan from a pod cache that has not listed yet
     // (right after a restart every pod would look deleted).
@@ -107,10 +111,10 @@ async fn guard<A: ClusterApi>(
     if let Some(exit) = &unreported_exit {
         let waited = ctx.memory.exits.first_seen(exit.clone(), Instant::now()).elapsed();
         if waited < OUTCOME_GRACE {
-            return Ok(Err(Action::requeue(OUTCOME_GRACE - waited)));
+            return Ok(Guard::Wait(Action::requeue(OUTCOME_GRACE - waited)));
         }
     }
-    Ok(Ok(Judge { pods, unreported_exit }))
+    Ok(Guard::Judge(Judge { pods, unreported_exit }))
 }
 
 /// The plan was refused on the cached copy: judge the Activity as the API server has it now.

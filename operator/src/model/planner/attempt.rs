@@ -10,6 +10,7 @@ use activity_crds::{
 use k8s_openapi::jiff::Timestamp;
 
 use super::{MAX_CLOCK_SKEW, Planner, ROUTINE_WAITING, add, time};
+use crate::model::failure::FailureType;
 use crate::model::freshness::current_outcome;
 use crate::model::plan::{Effect, Event};
 use crate::model::pod_view::{Exit, PodView, WorkerState, pod_name};
@@ -66,7 +67,7 @@ impl Planner<'_> {
         if pod.disrupted && pod.worker.is_live() {
             // Evicted or preempted: the pod may be gone before its exit is seen.
             let failure = self.failure(
-                "Evicted",
+                FailureType::Evicted.as_str(),
                 format!(
                     "attempt {}: the worker pod is being disrupted (eviction, preemption or node loss)",
                     self.attempt()
@@ -103,12 +104,12 @@ impl Planner<'_> {
                 self.failure(&f.type_, f.message, non_retryable)
             }
             None if outcome.canceled => self.failure(
-                "WorkerCanceled",
+                FailureType::WorkerCanceled.as_str(),
                 "the worker stopped on a cancellation the operator did not request (its pod was deleted or sent SIGTERM)"
                     .into(),
                 false,
             ),
-            None => self.failure("WorkerFailed", "the worker reported a failure without details".into(), false),
+            None => self.failure(FailureType::WorkerFailed.as_str(), "the worker reported a failure without details".into(), false),
         };
         self.fail_attempt(s, failure)
     }
@@ -116,7 +117,11 @@ impl Planner<'_> {
     /// The attempt's pod is not there: deleted while it ran, or not created (or not seen) yet.
     pub(super) fn pod_missing(&mut self, s: &ResolvedSpec) {
         if self.status.started_time.is_some() {
-            let failure = self.failure("PodDeleted", "the worker pod disappeared while it was running".into(), false);
+            let failure = self.failure(
+                FailureType::PodDeleted.as_str(),
+                "the worker pod disappeared while it was running".into(),
+                false,
+            );
             return self.fail_attempt(s, failure);
         }
         // Not seen yet (or deleted before it started): (re)create it under the same name.
@@ -272,24 +277,28 @@ impl Planner<'_> {
         let attempt = self.attempt();
         let (type_, message) = if exit.disrupted {
             let why = exit.message.clone().unwrap_or_else(|| "evicted or preempted".into());
-            ("Evicted", format!("attempt {attempt}: the worker pod was disrupted: {why}"))
+            (FailureType::Evicted, format!("attempt {attempt}: the worker pod was disrupted: {why}"))
         } else if exit.reason.as_deref() == Some("OOMKilled") {
-            ("OOMKilled", format!("attempt {attempt}: the worker ran out of memory (OOMKilled)"))
+            (FailureType::OomKilled, format!("attempt {attempt}: the worker ran out of memory (OOMKilled)"))
         } else {
             match exit.exit_code {
                 Some(0) => return None,
-                Some(code) => ("ExitCode", format!("attempt {attempt}: the worker exited with code {code}")),
+                Some(code) => (FailureType::ExitCode, format!("attempt {attempt}: the worker exited with code {code}")),
                 None => {
                     let why = exit.message.clone().or(exit.reason.clone()).unwrap_or_else(|| "unknown reason".into());
-                    ("PodFailed", format!("attempt {attempt}: the worker pod failed: {why}"))
+                    (FailureType::PodFailed, format!("attempt {attempt}: the worker pod failed: {why}"))
                 }
             }
         };
         let message = match (type_, exit.exit_code) {
-            ("OOMKilled" | "Evicted", Some(code)) => format!("{message} (exit code {code})"),
+            (FailureType::OomKilled | FailureType::Evicted, Some(code)) => format!("{message} (exit code {code})"),
             _ => message,
         };
-        Some(Failure { exit_code: exit.exit_code, reason: exit.reason.clone(), ..self.failure(type_, message, false) })
+        Some(Failure {
+            exit_code: exit.exit_code,
+            reason: exit.reason.clone(),
+            ..self.failure(type_.as_str(), message, false)
+        })
     }
 
     /// The current attempt failed: retry after backoff, or finish.
@@ -306,7 +315,7 @@ impl Planner<'_> {
             });
         }
         let final_phase = if timed_out { Phase::TimedOut } else { Phase::Failed };
-        let exit_code_listed = failure.type_ == "ExitCode"
+        let exit_code_listed = failure.type_ == FailureType::ExitCode.as_str()
             && failure.exit_code.is_some_and(|code| s.retry.non_retryable_exit_codes.contains(&code));
         let counted = self.counted_before().saturating_add(1);
         self.status.counted_attempts = Some(counted);
@@ -379,14 +388,14 @@ impl Planner<'_> {
         let message = format!(
             "attempt {attempt}: the worker wrote {what} of {size} bytes; at most {MAX_PAYLOAD_BYTES} are accepted"
         );
-        Some(self.failure(Reason::PayloadTooLarge.as_str(), message, true))
+        Some(self.failure(FailureType::PayloadTooLarge.as_str(), message, true))
     }
 
     pub(super) fn timeout_failure(&self, kind: TimeoutType, message: String) -> Failure {
         Failure {
             timeout_type: Some(kind),
             non_retryable: !kind.is_retryable(),
-            ..self.failure("Timeout", message, false)
+            ..self.failure(FailureType::Timeout.as_str(), message, false)
         }
     }
 

@@ -19,6 +19,7 @@ use kube::ResourceExt;
 
 use activity_crds::resolved::ResolvedSpec;
 
+use crate::model::failure::FailureType;
 use crate::model::plan::{Effect, Event, Plan};
 use crate::model::pod_view::PodView;
 use crate::model::reason::Reason;
@@ -48,7 +49,7 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
         match &settings {
             Ok(s) => p.advance(s, deleting),
             Err(e) => {
-                let failure = p.failure(Reason::InvalidSpec.as_str(), e.to_string(), true);
+                let failure = p.failure(FailureType::InvalidSpec.as_str(), e.to_string(), true);
                 p.events.push(Event { warning: true, reason: Reason::InvalidSpec, message: e.to_string() });
                 p.finish(Phase::Failed, Some(failure), None);
             }
@@ -85,7 +86,7 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
 /// retried (the same template would be refused again).
 pub fn pod_rejected(activity: &Activity, planned: &ActivityStatus, message: String, now: Timestamp) -> Plan {
     let mut p = Planner::new(activity, &[], planned.clone(), now);
-    let failure = p.failure(Reason::PodRejected.as_str(), message.clone(), true);
+    let failure = p.failure(FailureType::PodRejected.as_str(), message.clone(), true);
     p.events.push(Event { warning: true, reason: Reason::PodRejected, message });
     p.record_attempt_if_live(AttemptOutcome::Failed, Some(&failure));
     p.finish(Phase::Failed, Some(failure), None);
