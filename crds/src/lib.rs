@@ -644,6 +644,10 @@ fn template_schema(generator: &mut SchemaGenerator) -> Schema {
     let mut schema = generator.subschema_for::<PodTemplateSpec>();
     let mut value = schema.as_value().clone();
     shape_template_schema(&mut value, "", 0);
+    // A worker pod needs a spec with at least one container (the first is the worker).
+    value["required"] = serde_json::json!(["spec"]);
+    value["properties"]["spec"]["required"] = serde_json::json!(["containers"]);
+    value["properties"]["spec"]["properties"]["containers"]["minItems"] = Value::from(1);
     if let Ok(shaped) = Schema::try_from(value) {
         schema = shaped;
     }
@@ -722,6 +726,7 @@ mod tests {
         let t = template_schema_of_the_crd();
         let container = &t["properties"]["spec"]["properties"]["containers"]["items"];
         assert_eq!(container["properties"]["command"]["items"]["type"], "string");
+        assert_eq!(t["properties"]["spec"]["properties"]["containers"]["minItems"], 1, "a worker needs a container");
         assert!(
             container.get("x-kubernetes-preserve-unknown-fields").is_none(),
             "unknown container fields are refused, not kept"
