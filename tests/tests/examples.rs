@@ -18,6 +18,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams, PostParams};
 use serde_json::json;
 
+/// The CRD, applied once per test binary: on a new cluster two tests creating it at the same moment
+/// made one of them fail.
+fn crd() -> anyhow::Result<()> {
+    static CRD: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    CRD.get_or_init(|| ensure_crd().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
+}
+
 /// Waits for the activity to reach `phase`; fails at once when it ends in another phase.
 async fn wait_phase(acts: &Api<Activity>, name: &str, phase: Phase, secs: u64) -> anyhow::Result<Activity> {
     wait_for(Duration::from_secs(secs), &format!("activity {name} {phase:?}"), || async {
@@ -89,7 +96,7 @@ async fn go_long_running_activity_succeeds_on_attempt_4_with_every_item_once() -
     let text = std::fs::read_to_string(activity_tests::repo_root().join(manifest))?;
     let image = format!("ghcr.io/heartbeat-dev/activity-example-go:{}", chart_app_version()?);
     assert!(text.contains(&format!("image: {image}")), "{manifest} must run {image} (the image make images builds)");
-    ensure_crd()?;
+    crd()?;
     let ns = TestNs::new("ex-go").await?;
     worker_rbac(&ns.name)?;
     let _op = Operator::start(&ns.name).await?;
@@ -123,7 +130,7 @@ async fn python_record_processor_killed_mid_run_resumes_from_its_offset() -> any
         return Ok(());
     };
     const COUNT: u64 = 1000;
-    ensure_crd()?;
+    crd()?;
     let ns = TestNs::new("ex-py").await?;
     worker_rbac(&ns.name)?;
     let _op = Operator::start(&ns.name).await?;

@@ -21,7 +21,11 @@ cd "$repo"
 k get node real-node >/dev/null || { echo "bench: the cluster in $dir has no real node" >&2; exit 1; }
 k apply --server-side -f crds/activity.yaml >/dev/null
 k wait --for=condition=Established crd/activities.heartbeat.dev >/dev/null
-for ns in bench-op bench-real bench-proc; do k create namespace "$ns" >/dev/null; done
+for ns in bench-op bench-real bench-proc; do
+  # A previous run's namespace may still be terminating.
+  for _ in $(seq 1 120); do k get namespace "$ns" >/dev/null 2>&1 || break; sleep 1; done
+  k create namespace "$ns" >/dev/null
+done
 cleanup() {
   h uninstall bench -n bench-op --wait >/dev/null 2>&1 || true
   k delete namespace bench-op bench-real bench-proc --wait=false >/dev/null 2>&1 || true
