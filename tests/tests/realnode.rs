@@ -1,6 +1,7 @@
 //! The project's own OCI images (`make images`) and the real node of the local cluster (a kubelet
-//! with containerd and runc: `ACTIVITY_REAL_NODE=1 deploy/local/cluster.sh up`). The image checks
-//! skip when no images were built, the cluster checks when the cluster has no real node; both say so.
+//! with containerd and runc, which `deploy/local/cluster.sh up` starts where the machine can). The
+//! image checks skip when no images were built, the cluster checks when the cluster has no real
+//! node; both say so.
 
 use std::time::Duration;
 
@@ -316,16 +317,10 @@ async fn worker_over_its_memory_limit_is_oomkilled_and_retried() -> anyhow::Resu
 }
 
 /// The same through `activity-worker exec`: the kernel kills the child (the biggest process in the
-/// container's memory cgroup), the worker sees it die of SIGKILL and reports it, the container
-/// ends with the runtime's reason OOMKilled. The attempt must fail as OOMKilled, not as the child's
-/// exit code 137.
-///
-/// Ignored until the worker or the operator tells: measured on the real node, the container ends
-/// with exit code 137 and reason OOMKilled, but the worker has already written its outcome
-/// (`ExitCode`: "command was killed by signal 9 (SIGKILL), exit code 137") before the container
-/// ended, and the operator keeps the worker's outcome. Run with `-- --ignored`.
+/// container's memory cgroup), the worker sees it die of SIGKILL while its cgroup's OOM kill count
+/// rose, and reports `OOMKilled` (not the child's exit code 137) before the container ends with the
+/// runtime's reason OOMKilled.
 #[tokio::test]
-#[ignore = "exec reports an OOM-killed child as ExitCode 137 (worker-image/operator fix pending)"]
 async fn exec_child_over_the_memory_limit_fails_the_attempt_as_oomkilled() -> anyhow::Result<()> {
     let Some(_client) = real_node_or_skip("exec_child_over_the_memory_limit_fails_the_attempt_as_oomkilled").await?
     else {

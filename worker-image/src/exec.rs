@@ -310,6 +310,38 @@ pub fn decide(exit: ChildExit, canceled: bool, said: &Said) -> Report {
     }
 }
 
+/// Where the kernel counts the OOM kills of this container's memory cgroup: cgroup v2, then v1
+/// (as a container runtime mounts them; on a host the counters are the host's).
+const OOM_KILL_COUNTERS: [&str; 2] = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"];
+
+/// The `oom_kill` count of a `memory.events` or `memory.oom_control` file.
+pub fn parse_oom_kills(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+}
+
+/// This container's OOM kills so far, where the kernel tells.
+pub fn oom_kills() -> Option<u64> {
+    OOM_KILL_COUNTERS.iter().find_map(|path| std::fs::read_to_string(path).ok().as_deref().and_then(parse_oom_kills))
+}
+
+/// A child killed by SIGKILL while the container's OOM kill count rose was killed for memory: the
+/// attempt fails as `OOMKilled` (as the operator reports a worker container the runtime OOM-killed),
+/// not as exit code 137. A failure the child announced with `::fail` stands.
+pub fn with_oom(report: Report, exit: ChildExit, said: &Said, before: Option<u64>, after: Option<u64>) -> Report {
+    let oom = matches!((before, after), (Some(b), Some(a)) if a > b);
+    match report {
+        Report::Failed(_) if oom && exit == ChildExit::Signal(9) && said.failure.is_none() => {
+            Report::Failed(WorkerFailure {
+                type_: "OOMKilled".into(),
+                message: "command was killed by the kernel's OOM killer (the container is over its memory limit), exit code 137".into(),
+                non_retryable: false,
+                next_retry_delay: None,
+            })
+        }
+        other => other,
+    }
+}
+
 /// When to SIGKILL after SIGTERM: the remaining grace period less a margin (a tenth of the
 /// grace period, between 500 ms and 3 s), so the worker can still report before its pod goes.
 pub fn kill_after(remaining: Duration, grace: Duration) -> Duration {
@@ -385,6 +417,7 @@ pub async fn run(ctx: &ActivityContext, command: &[String]) -> Result<ExecEnd> {
     unsafe {
         cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
     }
+    let oom_before = oom_kills();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -450,7 +483,7 @@ pub async fn run(ctx: &ActivityContext, command: &[String]) -> Result<ExecEnd> {
     if let (ChildExit::Code(0), Some(f)) = (exit, &said.failure) {
         warn!(r#type = %f.type_, "the command printed ::fail but exited 0: exit 0 means success, the ::fail is ignored");
     }
-    let report = decide(exit, canceled, &said);
+    let report = with_oom(decide(exit, canceled, &said), exit, &said, oom_before, oom_kills());
     let exit_code = match &report {
         Report::Completed(_) => 0,
         Report::Failed(_) => match exit.code() {
@@ -805,6 +838,39 @@ mod tests {
         assert_eq!(decide(ChildExit::Code(0), true, &with_result), Report::Canceled);
         assert_eq!(decide(ChildExit::Signal(15), true, &none), Report::Canceled);
         assert_eq!(ChildExit::Signal(15).code(), 143);
+    }
+
+    #[test]
+    fn a_sigkill_while_the_oom_count_rose_is_an_oom_kill() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        let v2 = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!((parse_oom_kills(v1), parse_oom_kills(v2), parse_oom_kills("oom 1\n")), (Some(3), Some(2), None));
+        let none = Said::default();
+        let killed = decide(ChildExit::Signal(9), false, &none);
+        match with_oom(killed.clone(), ChildExit::Signal(9), &none, Some(3), Some(4)) {
+            Report::Failed(f) => {
+                assert!(f.type_ == "OOMKilled" && !f.non_retryable && f.message.contains("137"), "{f:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // No OOM kill counted, no counter, or another signal: the exit code stands.
+        assert_eq!(with_oom(killed.clone(), ChildExit::Signal(9), &none, Some(3), Some(3)), killed);
+        assert_eq!(with_oom(killed.clone(), ChildExit::Signal(9), &none, None, None), killed);
+        let term = decide(ChildExit::Signal(15), false, &none);
+        assert_eq!(with_oom(term.clone(), ChildExit::Signal(15), &none, Some(0), Some(1)), term);
+        // What the child said before it died stands, and a cancel stays a cancel.
+        let failing = Said {
+            failure: Some(WorkerFailure {
+                type_: "Mine".into(),
+                message: "m".into(),
+                non_retryable: true,
+                next_retry_delay: None,
+            }),
+            ..Said::default()
+        };
+        let said = decide(ChildExit::Signal(9), false, &failing);
+        assert_eq!(with_oom(said.clone(), ChildExit::Signal(9), &failing, Some(0), Some(1)), said);
+        assert_eq!(with_oom(Report::Canceled, ChildExit::Signal(9), &none, Some(0), Some(1)), Report::Canceled);
     }
 
     #[test]
