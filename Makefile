@@ -1,6 +1,9 @@
 # Entry points. The local cluster (deploy/local/cluster.sh) is real etcd + kube-apiserver +
-# kube-controller-manager + kube-scheduler on loopback plus the process node; its kubectl and helm
-# come from .local/bin-dir (the pinned upstream builds), never from the system.
+# kube-controller-manager + kube-scheduler on loopback, a real node (kubelet + containerd + runc +
+# kube-proxy, pulling the project's images from a loopback registry) and the process node (tainted:
+# only the benchmarks' pods go there). ACTIVITY_REAL_NODE=0, or a machine that cannot run the real
+# node (cluster.sh says why), runs the process node alone. Its kubectl and helm come from
+# .local/bin-dir (the pinned upstream builds), never from the system.
 #
 #   make build         build every binary of the workspace
 #   make cluster       build, then start the local cluster (idempotent)
@@ -10,8 +13,9 @@
 #                      cluster (started, and stopped again, if it was not running)
 #   make dev           cluster + the operator from the chart + the examples, then how to watch them
 #   make images        the OCI images (static musl binaries on scratch, built by buildah from
-#                      operator/Dockerfile and worker-image/Dockerfile; deploy/local/images.sh), pushed
-#                      to the local cluster's registry when it runs (ACTIVITY_REAL_NODE=1)
+#                      operator/Dockerfile, worker-image/Dockerfile and the SDK examples' Dockerfiles;
+#                      deploy/local/images.sh), pushed to the local cluster's registry when it runs.
+#                      `cluster`, `dev` and `test` build them first (when the real node will run).
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -30,19 +34,27 @@ NAMESPACE ?= activity-system
 build:
 	cargo build --workspace --bins
 
+# The images the real node pulls: built before `up` (which pushes them to its registry when it
+# starts the node), and pushed again after it (a cluster that was already running gets this build).
+# Skipped, with the reason, where the real node will not run.
+images_before_up = if why=$$(ACTIVITY_LOCAL_DIR=$(LOCAL) $(CLUSTER) realnode-check); then deploy/local/images.sh build; else echo "images: not built: no real node ($$why)"; fi
+images_after_up = if ACTIVITY_LOCAL_DIR=$(LOCAL) $(CLUSTER) registry >/dev/null; then ACTIVITY_LOCAL_DIR=$(LOCAL) $(CLUSTER) images; fi
+
 # `build` has just built the process node, so `up` need not run cargo again.
 cluster: build
+	$(images_before_up)
 	ACTIVITY_NODE_BUILD=0 $(CLUSTER) up
+	$(images_after_up)
 
 cluster-down:
 	$(CLUSTER) down
 
 images:
 	deploy/local/images.sh build
-	@if reg=$$(ACTIVITY_LOCAL_DIR=$(LOCAL) $(CLUSTER) registry); then \
-	  deploy/local/images.sh push "$$reg"; \
+	@if ACTIVITY_LOCAL_DIR=$(LOCAL) $(CLUSTER) registry >/dev/null; then \
+	  ACTIVITY_LOCAL_DIR=$(LOCAL) $(CLUSTER) images; \
 	else \
-	  echo "images: no local registry runs (cluster.sh up with ACTIVITY_REAL_NODE=1 starts one and pushes these)"; \
+	  echo "images: no local registry runs (cluster.sh up starts one with the real node and pushes these)"; \
 	fi
 
 # The Python SDK's tools and its one dependency (the official kubernetes client), from PyPI, in a
@@ -70,17 +82,21 @@ test: test-sdk
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace --lib --bins
 	cargo build --workspace --bins
+	$(images_before_up)
 	$(CLUSTER) selftest
 	@started=0; \
 	if ! $(CLUSTER) running; then started=1; fi; \
 	stop() { if [[ $$started == 1 ]]; then echo "make test: stopping the cluster this run started"; $(CLUSTER) down; fi; }; \
 	trap stop EXIT; \
 	ACTIVITY_NODE_BUILD=0 $(CLUSTER) up; \
+	$(images_after_up); \
 	echo "make test: integration tests (cargo test --workspace) against $(KUBECONFIG_LOCAL)"; \
 	cargo test --workspace
 
 dev: build
+	$(images_before_up)
 	ACTIVITY_NODE_BUILD=0 $(CLUSTER) up
+	$(images_after_up)
 	@bin=$$(cat $(LOCAL)/bin-dir); \
 	if [[ -f $(CHART)/Chart.yaml ]]; then \
 	  echo "dev: installing $(CHART) as release $(RELEASE) in namespace $(NAMESPACE)"; \
@@ -100,8 +116,10 @@ dev: build
 	echo "or set up a shell with: eval \"\$$($(CLUSTER) env)\""
 
 # Benchmarks (tests/bench, not part of `make test`): every scenario at its full size against a
-# cluster of its own (state in $(BENCH_LOCAL), started and stopped here unless it already ran),
-# then docs/benchmarks.md is regenerated. BENCH_ARGS passes options to `activity-bench report`.
+# cluster of its own (state in $(BENCH_LOCAL), started and stopped here unless it already ran) with
+# the process node alone (ACTIVITY_REAL_NODE=0: thousands of pods as host processes;
+# deploy/local/realnode/bench.sh compares the two nodes), then docs/benchmarks.md is regenerated.
+# BENCH_ARGS passes options to `activity-bench report`.
 BENCH_LOCAL ?= /tmp/activity-bench
 BENCH_ARGS ?=
 .PHONY: bench
@@ -111,7 +129,7 @@ bench: build
 	if ! ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) $(CLUSTER) running; then started=1; fi; \
 	stop() { if [[ $$started == 1 ]]; then echo "make bench: stopping the bench cluster"; ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) $(CLUSTER) down; fi; }; \
 	trap stop EXIT; \
-	ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) ACTIVITY_NODE_BUILD=0 $(CLUSTER) up; \
+	ACTIVITY_LOCAL_DIR=$(BENCH_LOCAL) ACTIVITY_NODE_BUILD=0 ACTIVITY_REAL_NODE=0 $(CLUSTER) up; \
 	ACTIVITY_BIN_DIR=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug \
 	ACTIVITY_OPERATOR_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/release/activity-operator \
 	ACTIVITY_WORKER_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/release/activity-worker KUBECONFIG=$(BENCH_LOCAL)/kubeconfig cargo run -q -p activity-bench --release -- report $(BENCH_ARGS)

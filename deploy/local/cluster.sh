@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The local cluster: etcd, kube-apiserver, kube-controller-manager and kube-scheduler (upstream builds
-# from build-binaries.sh) on loopback, plus the process node (deploy/local/node), and with
-# ACTIVITY_REAL_NODE=1 a real node (deploy/local/realnode/realnode.sh: kubelet, containerd, runc, CNI,
-# kube-proxy, a loopback registry serving the images of deploy/local/images.sh).
+# from build-binaries.sh) on loopback, the process node (deploy/local/node) and a real node
+# (deploy/local/realnode/realnode.sh: kubelet, containerd, runc, CNI, kube-proxy, a loopback registry
+# serving the images of deploy/local/images.sh). Pods run on the real node; the process node is
+# tainted and takes only pods that tolerate it (the benchmarks' thousands of pods).
 #
 #   cluster.sh up        start everything; idempotent (a healthy cluster is left alone, the leftovers
 #                        of a killed run are stopped and wiped, then a fresh cluster starts)
@@ -13,6 +14,10 @@
 #   cluster.sh selftest  up / down / restart / killed-run recovery checks on a second, isolated
 #                        cluster (in .local/selftest); it does not touch the main cluster
 #   cluster.sh registry  prints the loopback registry's HOST:PORT while it runs (real node only)
+#   cluster.sh images    pushes the images of `images.sh build` to that registry; the real node
+#                        drops its copies of the project's images (its next pods pull the new build)
+#   cluster.sh realnode-check  exit 0 when the real node is wanted and this machine can run it;
+#                        otherwise prints why not
 #
 # State lives in .local/ (ACTIVITY_LOCAL_DIR overrides): kubeconfig (admin), node.kubeconfig, bin-dir,
 # cluster.env (ports), pki/, logs/<component>.log, pids/<component>.pid, etcd/, node/, realnode/.
@@ -20,9 +25,13 @@
 #   ACTIVITY_CLUSTER_TIMEOUT  seconds to wait for the control plane, and again for the node (default 60)
 #   ACTIVITY_NODE=skip        run without the process node
 #   ACTIVITY_NODE_BUILD=0     start target/debug/process-node as it is, without `cargo build` first
-#   ACTIVITY_REAL_NODE=1      also run the real node (root and cgroups needed; otherwise `up` says why
-#                             and runs the process node alone); the process node is then tainted
-#                             heartbeat.dev/process-node=true:NoSchedule. One real node per machine.
+#   ACTIVITY_REAL_NODE=0      no real node: the process node alone, untainted. The default (1) runs
+#                             the real node where the machine can (root, cgroups, the Debian packages
+#                             of .ci/run, no other real node on the machine); where it cannot, `up`
+#                             says why in one line and runs the process node alone. With the real
+#                             node the process node is tainted heartbeat.dev/process-node=true:NoSchedule.
+#                             A healthy cluster started the other way is left alone unless
+#                             ACTIVITY_REAL_NODE is set explicitly (then it is restarted).
 #   ACTIVITY_SELFTEST_DIR     the selftest's state directory (default .local/selftest)
 set -euo pipefail
 
@@ -232,7 +241,7 @@ pick_ports() {
     echo "$name=$port" >>"$local_dir/cluster.env.tmp"
   done
   # The API server's flags differ with a real node (realnode_apiserver_flags): `up` restarts on a change.
-  echo "REAL_NODE=$(realnode_wanted && [[ -z $(realnode_unsupported) ]] && echo 1 || echo 0)" >>"$local_dir/cluster.env.tmp"
+  echo "REAL_NODE=${want_real:-0}" >>"$local_dir/cluster.env.tmp" # cmd_up's choice
   mv "$local_dir/cluster.env.tmp" "$local_dir/cluster.env"
 }
 
@@ -511,8 +520,21 @@ cmd_up() {
   local started=$SECONDS
   mkdir -p "$local_dir"
   get_bin_dir
-  local want_real=0
-  realnode_wanted && [[ -z $(realnode_unsupported) ]] && want_real=1
+  local want_real=0 why
+  if realnode_wanted; then
+    why=$(realnode_unsupported)
+    if [[ -z $why ]]; then
+      want_real=1
+    else
+      log "real node: not started: $why; running with the process node alone"
+    fi
+  fi
+  # A cluster started without the real node while the default wants one (e.g. another checkout's real
+  # node ran then) is kept as it is; an explicit ACTIVITY_REAL_NODE restarts it the asked way.
+  if [[ -z ${ACTIVITY_REAL_NODE:-} ]] && control_plane_healthy && [[ ${REAL_NODE:-0} == 0 && $want_real == 1 ]]; then
+    log "note: this cluster runs without the real node (started so); to add it: $0 down && $0 up"
+    want_real=0
+  fi
   if control_plane_healthy && [[ $(cat "$local_dir/bin-dir" 2>/dev/null) == "$bin_dir" ]] &&
     [[ ${REAL_NODE:-0} == "$want_real" ]] &&
     { ! recorded_pid process-node >/dev/null || component_running process-node >/dev/null; }; then
@@ -751,13 +773,28 @@ cmd_running() {
   done
 }
 
+cmd_images() {
+  load_env && bin_dir=$(cat "$local_dir/bin-dir") || die "the cluster in $local_dir is not running"
+  realnode_refresh_images
+}
+
+# Exit 0 when this machine can run the real node and it is wanted (ACTIVITY_REAL_NODE is not 0);
+# otherwise one line saying why not, exit 1.
+cmd_realnode_check() {
+  local why
+  realnode_wanted || { echo "ACTIVITY_REAL_NODE=0"; return 1; }
+  get_bin_dir
+  why=$(realnode_unsupported)
+  [[ -z $why ]] || { echo "$why"; return 1; }
+}
+
 cmd_registry() {
   load_env && component_running registry >/dev/null || return 1
   echo "127.0.0.1:$REGISTRY_PORT"
 }
 
 usage() {
-  sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -768,6 +805,8 @@ case ${1:-} in
   running) cmd_running ;;
   env) cmd_env ;;
   registry) cmd_registry ;;
+  images) cmd_images ;;
+  realnode-check) cmd_realnode_check ;;
   leftovers) # what the real node left on the host; exit 1 when anything (used by selftest)
     left=$(realnode_leftovers)
     [[ -z $left ]] || { echo "$left"; exit 1; }

@@ -1,6 +1,6 @@
-//! The real node (`ACTIVITY_REAL_NODE=1 deploy/local/cluster.sh up`: a kubelet with containerd and
-//! runc) and the OCI images that `make images` builds (`deploy/local/images.sh`): finding them,
-//! reading an image from its OCI layout, and checking where a pod ran.
+//! The real node (`deploy/local/cluster.sh up` starts it where the machine can: a kubelet with
+//! containerd and runc) and the OCI images that `make images` builds (`deploy/local/images.sh`):
+//! finding them, reading an image from its OCI layout, and checking where a pod ran.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,7 +31,7 @@ pub async fn real_node_or_skip(test: &str) -> anyhow::Result<Option<kube::Client
     if !ready {
         eprintln!(
             "SKIPPED {test}: the local cluster has no Ready Node {REAL_NODE} (start it with \
-             ACTIVITY_REAL_NODE=1 deploy/local/cluster.sh up)"
+             deploy/local/cluster.sh up, which says why when it cannot)"
         );
         return Ok(None);
     }

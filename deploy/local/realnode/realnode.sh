@@ -30,7 +30,8 @@ rn_sysctls=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oo
 # Host paths the kubelet, containerd or the CNI library use whatever the configuration says.
 rn_host_paths=(/run/containerd /run/netns /var/lib/cni /var/log/containers /var/log/pods)
 
-realnode_wanted() { [[ ${ACTIVITY_REAL_NODE:-0} == 1 ]]; }
+# On by default; ACTIVITY_REAL_NODE=0 runs the process node alone.
+realnode_wanted() { [[ ${ACTIVITY_REAL_NODE:-1} != 0 ]]; }
 
 # Empty when this machine can run the real node; otherwise one line saying why not.
 realnode_unsupported() {
@@ -400,11 +401,24 @@ realnode_push_images() {
   "$here/images.sh" push "127.0.0.1:$REGISTRY_PORT" 2>"$logs/images-push.log" || { cat "$logs/images-push.log" >&2; die "pushing the images to the loopback registry failed"; }
 }
 
+# `cluster.sh images`: pushes the images built last (deploy/local/images.sh build) to the running
+# registry and drops the node's copies of the project's images, so the next pod pulls the new build
+# (containerd keeps a pulled tag; the kubelet pulls a tag other than :latest only when it is missing).
+realnode_refresh_images() {
+  local ref
+  component_running registry >/dev/null || die "no registry runs (no real node in $local_dir)"
+  realnode_push_images
+  component_running containerd >/dev/null || return 0
+  for ref in $(realnode_ctr images ls -q 2>/dev/null | grep -E '^(ghcr\.io/heartbeat-dev/|docker\.io/library/busybox:)' || true); do
+    realnode_ctr images rm "$ref" >/dev/null 2>&1 || warn "could not drop the node's copy of $ref"
+  done
+}
+
+# Starts the real node when this cluster was set up for one (REAL_NODE=1 in cluster.env: wanted and
+# supported when the control plane started; cmd_up said why not otherwise).
 realnode_start() {
   local started=$SECONDS deadline why
-  if ! realnode_wanted; then
-    return 0
-  fi
+  [[ ${REAL_NODE:-0} == 1 ]] || return 0
   why=$(realnode_unsupported)
   if [[ -n $why ]]; then
     log "real node: not started: $why; running with the process node alone"
