@@ -8,9 +8,10 @@
 #   make build         build every binary of the workspace
 #   make cluster       build, then start the local cluster (idempotent)
 #   make cluster-down  stop it
-#   make test          the Go and Python SDKs' suites, fmt, clippy, unit tests, cluster selftest,
-#                      then the integration tests (operator, worker, CLI, chart) against the local
-#                      cluster (started, and stopped again, if it was not running)
+#   make test          the Go and Python SDKs' suites, fmt, clippy, unit tests, the fuzz targets
+#                      (FUZZ_TEST_SECONDS each), cluster selftest, then the integration tests
+#                      (operator, worker, CLI, chart) and CHAOS_ROUNDS chaos rounds against the
+#                      local cluster (started, and stopped again, if it was not running)
 #   make dev           cluster + the operator from the chart + the examples, then how to watch them
 #   make images        the OCI images (static musl binaries on scratch, built by buildah from
 #                      operator/Dockerfile, worker-image/Dockerfile and the SDK examples' Dockerfiles;
@@ -81,6 +82,7 @@ test: test-sdk
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace --lib --bins
+	fuzz/run.sh $(FUZZ_TEST_SECONDS)
 	cargo build --workspace --bins
 	$(images_before_up)
 	$(CLUSTER) selftest
@@ -91,7 +93,9 @@ test: test-sdk
 	ACTIVITY_NODE_BUILD=0 $(CLUSTER) up; \
 	$(images_after_up); \
 	echo "make test: integration tests (cargo test --workspace) against $(KUBECONFIG_LOCAL)"; \
-	cargo test --workspace
+	cargo test --workspace; \
+	echo "make test: chaos, $(CHAOS_ROUNDS) rounds (tests/tests/chaos.rs) against $(KUBECONFIG_LOCAL)"; \
+	CHAOS_ROUNDS=$(CHAOS_ROUNDS) cargo test -p activity-tests --test chaos -- --ignored --nocapture
 
 dev: build
 	$(images_before_up)
@@ -137,8 +141,13 @@ bench: build
 # Fault injection (operator SIGKILL/SIGSTOP, worker pod kills, worker SIGSTOP) during bursts, with
 # the invariants checked each round (tests/tests/chaos.rs), against the running local cluster.
 .PHONY: chaos fuzz
+# `make test` runs the chaos test (CHAOS_ROUNDS rounds, each restarting one of the API server,
+# etcd and the process node) and every fuzz target for FUZZ_TEST_SECONDS, after its unit tests.
+CHAOS_ROUNDS ?= 3
+FUZZ_TEST_SECONDS ?= 30
+
 chaos: build
-	cargo test -p activity-tests --test chaos -- --ignored --nocapture
+	CHAOS_ROUNDS=$(CHAOS_ROUNDS) cargo test -p activity-tests --test chaos -- --ignored --nocapture
 
 # Every cargo-fuzz target for FUZZ_SECONDS each (cargo install cargo-fuzz first; fuzz/run.sh).
 FUZZ_SECONDS ?= 60

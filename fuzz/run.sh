@@ -11,8 +11,8 @@
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). libFuzzer needs nightly flags (-Z, sanitizer
 # coverage): RUSTC_BOOTSTRAP=1 lets the stable toolchain take them. Knobs (environment):
-#   CARGO_TARGET_DIR   where to build (default ~/.cache/activity-operator/fuzz-target; not the
-#                      workspace's target dir: the instrumented build would replace its artifacts)
+#   FUZZ_TARGET_DIR    where to build (default $ACTIVITY_CACHE/fuzz-target, ~/.cache/activity-operator/
+#                      fuzz-target; never the workspace's CARGO_TARGET_DIR)
 #   FUZZ_SANITIZER     address | none (default none: the targets are safe Rust; address is 2-3x slower)
 #   FUZZ_ARGS          extra libFuzzer flags (e.g. "-max_len=65536")
 set -euo pipefail
@@ -23,7 +23,8 @@ shift
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
 export RUSTC_BOOTSTRAP=1
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/activity-operator/fuzz-target}
+# Never the workspace's CARGO_TARGET_DIR (CI exports one): the instrumented build would replace its artifacts.
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-${ACTIVITY_CACHE:-$HOME/.cache/activity-operator}/fuzz-target}
 sanitizer=${FUZZ_SANITIZER:-none}
 work=$CARGO_TARGET_DIR/fuzz-work
 
