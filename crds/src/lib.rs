@@ -543,12 +543,12 @@ fn cel_pattern() -> String {
 /// A pod template as the user wrote it: its JSON text, read into a [`PodTemplateSpec`] only when a
 /// pod is built ([`PodTemplate::parse`]).
 ///
-/// The schema checks the template's shape (see `template_schema`) but keeps unknown fields, so an
-/// object can pass it and still not read as a `PodTemplateSpec` (`command: "sleep"` instead of a
-/// list, say). Kept typed, such an object failed to decode in the operator's watch: it never ran,
-/// never got a status, and the watch logged errors. Kept as text, that activity fails, naming the
-/// problem. The text is also a fraction of the memory of the typed template (over 4 KiB for a
-/// single container, most of it empty optional fields) in an operator that caches thousands.
+/// The CRD's schema for it is the `PodTemplateSpec`'s (see `template_schema`), but an Activity
+/// stored under the earlier free-form schema may still not read as one (`command: "sleep"` instead
+/// of a list, say). Kept typed, such an object would fail to decode in the operator's watch and
+/// never run or get a status; kept as text, that activity fails, naming the problem. The text is
+/// also a fraction of the memory of the typed template (over 4 KiB for a single container, most of
+/// it empty optional fields) in an operator that caches thousands.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct PodTemplate(Box<RawValue>);
