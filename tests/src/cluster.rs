@@ -97,8 +97,21 @@ impl LocalCluster {
     /// field manager: idempotent, and safe from tests applying it at the same time).
     pub fn ensure_crd(&self) -> anyhow::Result<()> {
         self.kubectl(&["apply", "--server-side", "--field-manager=activity-tests", "-f", "crds/activity.yaml"])?;
-        self.kubectl(&["wait", "--for=condition=Established", "crd/activities.heartbeat.dev", "--timeout=60s"])?;
-        Ok(())
+        // On a fresh cluster `kubectl wait` can fail at once, before the new CRD has any status
+        // condition ("accessor error"), instead of waiting: retried until the deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/activities.heartbeat.dev",
+                "--timeout=60s",
+            ]) {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+            }
+        }
     }
 
     /// Creates the worker service account and Role in `ns` (as the chart does for served namespaces).

@@ -806,7 +806,11 @@ async fn a_missing_worker_service_account_is_shown_on_the_activity_until_it_exis
 #[tokio::test]
 async fn details_nested_too_deep_to_parse_do_not_blind_the_operator() {
     let s = Scenario::new("op-deep").await;
-    s.create("deep", json!({"startToCloseTimeout": "5m", "template": shell("sleep 3600")})).await;
+    // A silent worker is stopped by deleting its pod after the grace period; in a real container
+    // `sh` is PID 1 and ignores SIGTERM, so the pod's own grace period is kept short as well.
+    let mut template = shell("sleep 3600");
+    template["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    s.create("deep", json!({"startToCloseTimeout": "5m", "cancellationGracePeriod": "2s", "template": template})).await;
     s.wait_phase("deep", Phase::Running, 60).await;
     // serde_json's Value cannot be built this deep, so the patch is written as text.
     let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
