@@ -157,7 +157,7 @@ async fn a_finished_activity_refuses_the_changes_it_would_ignore() -> anyhow::Re
     })
     .await?;
 
-    let edit = spec_refusal(&acts, "done", json!({"startToCloseTimeout": "2m", "heartbeatTimeout": "10s"})).await;
+    let edit = spec_refusal(&acts, "done", json!({"startToCloseTimeout": "90s", "heartbeatTimeout": "10s"})).await;
     let edit = edit.context("a timeout edit of a Succeeded activity was accepted")?;
     assert!(edit.contains("has finished (Succeeded)"), "{edit}");
     for field in ["spec.heartbeatTimeout", "spec.startToCloseTimeout"] {
