@@ -12,7 +12,7 @@ use activity_crds::{Activity, Phase};
 use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
 use activity_tests::realnode::{assert_on_real_node, chart_app_version, real_node_or_skip};
 use activity_tests::{TestNs, kubectl, wait_for};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams, PostParams};
@@ -23,22 +23,6 @@ use serde_json::json;
 fn crd() -> anyhow::Result<()> {
     static CRD: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     CRD.get_or_init(|| ensure_crd().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
-}
-
-/// Waits for the activity to reach `phase`; fails at once when it ends in another phase.
-async fn wait_phase(acts: &Api<Activity>, name: &str, phase: Phase, secs: u64) -> anyhow::Result<Activity> {
-    wait_for(Duration::from_secs(secs), &format!("activity {name} {phase:?}"), || async {
-        let a = acts.get(name).await?;
-        let p = a.status.as_ref().and_then(|s| s.phase);
-        if p == Some(phase) {
-            return Ok(Some(a));
-        }
-        if matches!(p, Some(Phase::Succeeded | Phase::Failed | Phase::TimedOut | Phase::Canceled)) {
-            bail!("activity {name} ended {p:?}, not {phase:?}: {:?}", a.status);
-        }
-        Ok(None)
-    })
-    .await
 }
 
 fn dump(ns: &str) {
@@ -102,7 +86,9 @@ async fn go_long_running_activity_succeeds_on_attempt_4_with_every_item_once() -
     let _op = Operator::start(&ns.name).await?;
     kubectl(&["apply", "-n", &ns.name, "-f", manifest])?;
     let acts: Api<Activity> = ns.api();
-    let a = wait_phase(&acts, "long-running-go", Phase::Succeeded, 240).await.inspect_err(|_| dump(&ns.name))?;
+    let a = activity_tests::wait_phase(&acts, "long-running-go", Phase::Succeeded, Duration::from_secs(240))
+        .await
+        .inspect_err(|_| dump(&ns.name))?;
     let st = a.status.clone().unwrap_or_default();
     assert_eq!(st.attempt, Some(4), "Succeeded on attempt 4");
     assert_eq!(st.result.and_then(|r| r.to_value().ok()), Some(json!({"processed": 10})));
@@ -161,7 +147,9 @@ async fn python_record_processor_killed_mid_run_resumes_from_its_offset() -> any
     let first_log = follow_log(&pods, "records-py-1").await?;
     kubectl(&["delete", "pod", "-n", &ns.name, "records-py-1", "--wait=false"])?;
 
-    let a = wait_phase(&acts, "records-py", Phase::Succeeded, 240).await.inspect_err(|_| dump(&ns.name))?;
+    let a = activity_tests::wait_phase(&acts, "records-py", Phase::Succeeded, Duration::from_secs(240))
+        .await
+        .inspect_err(|_| dump(&ns.name))?;
     let st = a.status.clone().unwrap_or_default();
     assert_eq!(st.attempt, Some(2), "one retry after the deleted pod");
     assert_eq!(st.result.and_then(|r| r.to_value().ok()), Some(json!(COUNT)), "the result is the final offset");

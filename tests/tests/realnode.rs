@@ -100,21 +100,6 @@ fn status(a: &Activity) -> activity_crds::ActivityStatus {
     a.status.clone().unwrap_or_default()
 }
 
-async fn wait_phase(acts: &Api<Activity>, name: &str, phase: Phase, secs: u64) -> anyhow::Result<Activity> {
-    wait_for(Duration::from_secs(secs), &format!("activity {name} {phase:?}"), || async {
-        let a = acts.get(name).await?;
-        let p = a.status.as_ref().and_then(|s| s.phase);
-        if p == Some(phase) {
-            return Ok(Some(a));
-        }
-        if matches!(p, Some(Phase::Succeeded | Phase::Failed | Phase::TimedOut | Phase::Canceled)) {
-            bail!("activity {name} ended {p:?}, not {phase:?}: {:?}", a.status);
-        }
-        Ok(None)
-    })
-    .await
-}
-
 fn dump(ns: &str) {
     for args in [
         vec!["get", "activities", "-n", ns, "-o", "yaml"],
@@ -193,7 +178,9 @@ async fn chart_operator_runs_the_examples_on_the_real_node() -> anyhow::Result<(
         ("records", json!(50), 1),
     ];
     for (name, result, attempts) in expect {
-        let a = wait_phase(&acts, name, Phase::Succeeded, 180).await.inspect_err(|_| dump(&acts_ns.name))?;
+        let a = activity_tests::wait_phase(&acts, name, Phase::Succeeded, Duration::from_secs(180))
+            .await
+            .inspect_err(|_| dump(&acts_ns.name))?;
         let st = status(&a);
         assert_eq!(st.result.and_then(|r| r.to_value().ok()), Some(result), "{name}: result");
         assert_eq!(st.attempt, Some(attempts), "{name}: attempts");
@@ -239,7 +226,9 @@ async fn unknown_image_ends_schedule_to_start_with_the_kubelets_pull_error() -> 
                    "image": "ghcr.io/heartbeat-dev/no-such-image:0.0.0"}]}}}),
     )
     .await?;
-    let a = wait_phase(&acts, "nopull", Phase::TimedOut, 90).await.inspect_err(|_| dump(&ns.name))?;
+    let a = activity_tests::wait_phase(&acts, "nopull", Phase::TimedOut, Duration::from_secs(90))
+        .await
+        .inspect_err(|_| dump(&ns.name))?;
     let st = status(&a);
     assert_eq!(st.attempt, Some(1), "never retried");
     let f = st.last_failure.context("lastFailure")?;
@@ -296,7 +285,9 @@ async fn worker_over_its_memory_limit_is_oomkilled_and_retried() -> anyhow::Resu
                    "resources": {"limits": {"memory": "32Mi"}}}]}}}),
     )
     .await?;
-    let a = wait_phase(&acts, "hungry", Phase::Failed, 120).await.inspect_err(|_| dump(&ns.name))?;
+    let a = activity_tests::wait_phase(&acts, "hungry", Phase::Failed, Duration::from_secs(120))
+        .await
+        .inspect_err(|_| dump(&ns.name))?;
     let st = status(&a);
     assert_eq!(st.attempt, Some(2), "retried once");
     let f = st.last_failure.context("lastFailure")?;
@@ -340,7 +331,9 @@ async fn exec_child_over_the_memory_limit_fails_the_attempt_as_oomkilled() -> an
                    "resources": {"limits": {"memory": "32Mi"}}}]}}}),
     )
     .await?;
-    let a = wait_phase(&acts, "hungry", Phase::Failed, 120).await.inspect_err(|_| dump(&ns.name))?;
+    let a = activity_tests::wait_phase(&acts, "hungry", Phase::Failed, Duration::from_secs(120))
+        .await
+        .inspect_err(|_| dump(&ns.name))?;
     let pods: Api<Pod> = ns.api();
     assert_on_real_node(&pods, "hungry-1").await?;
     // The worker reports before its container has ended.
