@@ -1,6 +1,6 @@
 //! Go/Kubernetes-style duration strings (`500ms`, `5s`, `2m`, `1h30m`), the format of every
 //! duration field of the Activity API. The same grammar is enforced by the CRD schema
-//! ([`DURATION_PATTERN`]) and compared with CEL's `duration()` in validation rules.
+//! ([`DURATION_PATTERN`]) and compared with CEL's `duration()` by the chart's spec policy.
 
 use std::time::Duration;
 

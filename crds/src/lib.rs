@@ -16,15 +16,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// A CEL test that `self.<field>` has the duration grammar ([`DURATION_PATTERN`]). Rules that compare
-/// durations check it first, so a malformed value is reported once, by the schema's pattern, and
-/// not again as a CEL evaluation error.
-macro_rules! valid {
-    ($field:literal) => {
-        concat!("self.", $field, ".matches('^(0|([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+)$')")
-    };
-}
-
 pub use duration::{DURATION_PATTERN, DurationError, format_duration, parse_duration};
 
 /// API group of the Activity resource.
@@ -99,22 +90,6 @@ pub const ATTEMPT_HISTORY: usize = 10;
         priority = 1,
         description = "When the next attempt starts, while BackingOff"
     )
-)]
-#[x_kube(
-    validation = Rule::new(concat!(
-        "(has(self.startToCloseTimeout) && (!", valid!("startToCloseTimeout"),
-        " || duration(self.startToCloseTimeout) > duration('0s'))) || (has(self.scheduleToCloseTimeout) && (!",
-        valid!("scheduleToCloseTimeout"), " || duration(self.scheduleToCloseTimeout) > duration('0s')))"
-    ))
-    .message("at least one of spec.startToCloseTimeout and spec.scheduleToCloseTimeout is required, and greater than 0s"),
-    validation = Rule::new(concat!(
-        "!has(self.heartbeatTimeout) || !", valid!("heartbeatTimeout"),
-        " || (has(self.startToCloseTimeout) ? (!", valid!("startToCloseTimeout"),
-        " || duration(self.heartbeatTimeout) <= duration(self.startToCloseTimeout)) : (!has(self.scheduleToCloseTimeout) || !",
-        valid!("scheduleToCloseTimeout"), " || duration(self.heartbeatTimeout) <= duration(self.scheduleToCloseTimeout)))"
-    ))
-    .message("spec.heartbeatTimeout must be at most spec.startToCloseTimeout (or spec.scheduleToCloseTimeout when startToCloseTimeout is unset)")
-    .field_path(".heartbeatTimeout")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ActivitySpec {
@@ -226,20 +201,6 @@ pub struct LastReset {
 /// How failed attempts are retried: delay before attempt n+1 =
 /// min(initialInterval × backoffCoefficient^(n−1), maximumInterval).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(
-    validation = Rule::new(concat!(
-        "!has(self.initialInterval) || !", valid!("initialInterval"),
-        " || duration(self.initialInterval) > duration('0s')"
-    ))
-    .message("spec.retryPolicy.initialInterval must be greater than 0")
-    .field_path(".initialInterval"),
-    validation = Rule::new(concat!(
-        "!has(self.maximumInterval) || !has(self.initialInterval) || !", valid!("maximumInterval"), " || !",
-        valid!("initialInterval"), " || duration(self.maximumInterval) >= duration(self.initialInterval)"
-    ))
-    .message("spec.retryPolicy.maximumInterval must be at least spec.retryPolicy.initialInterval")
-    .field_path(".maximumInterval")
-)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     /// Delay before the second attempt. Default `1s`.
@@ -518,26 +479,22 @@ pub struct AttemptRecord {
     pub failure: Option<Failure>,
 }
 
-/// The longest duration any field accepts (the API server checks it with CEL's `duration()`, so a
-/// value the parser could not hold is refused at `kubectl apply` time).
+/// The longest duration any spec field accepts: the operator fails an Activity whose spec has a
+/// longer one (`InvalidSpec`), and the chart's spec policy refuses it at `kubectl apply` time.
 pub const MAX_DURATION: &str = "87600h";
 
+/// A duration field's schema: the grammar and a length, nothing that costs CEL. The CRD carries no
+/// `x-kubernetes-validations` at all: the API server evaluates a CRD's CEL rules on every write,
+/// status subresource included, so each rule was paid again by every heartbeat. The checks that
+/// need CEL (the 87600h bound, the cross-field rules) are the chart's spec policy
+/// (`charts/activity-operator/templates/spec-policy.yaml`), which sees creates and spec updates
+/// only, and the operator's own [`resolved::ResolvedSpec::from_spec`].
 fn duration_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
         "pattern": DURATION_PATTERN,
         "maxLength": 32,
-        "x-kubernetes-validations": [{
-            "rule": format!("!self.matches('{}') || duration(self) <= duration('{MAX_DURATION}')", cel_pattern()),
-            "message": format!("must be at most {MAX_DURATION} (10 years)"),
-        }],
     })
-}
-
-/// [`DURATION_PATTERN`] as a CEL string literal's content. Cross-field rules check it before they
-/// call `duration()`, so a malformed value is reported once, by the pattern, not again by CEL.
-fn cel_pattern() -> String {
-    DURATION_PATTERN.replace('\\', "\\\\")
 }
 
 /// A pod template as the user wrote it: its JSON text, read into a [`PodTemplateSpec`] only when a
@@ -745,6 +702,20 @@ mod tests {
             found.iter().all(|(_, q)| q.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))),
             "quantities stay int-or-string (`cpu: 1`)"
         );
+    }
+
+    /// Every rule in a CRD's schema is evaluated on every write, the status subresource's included:
+    /// a heartbeat paid 1.0 ms of API-server CPU for the 13 the CRD had. The rules are the chart's
+    /// spec policy now, which sees creates and spec updates only.
+    #[test]
+    fn the_crd_has_no_cel_rules() {
+        let json = serde_json::to_string(&Activity::crd()).expect("CRD as JSON");
+        assert!(!json.contains("x-kubernetes-validations"), "a CEL rule in the CRD costs every heartbeat");
+        // The grammar stays in the schema: `5min` is refused at apply time without any policy.
+        let crd = serde_json::to_value(Activity::crd()).expect("CRD as JSON");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["startToCloseTimeout"]["pattern"], DURATION_PATTERN);
+        assert_eq!(spec["retryPolicy"]["properties"]["maximumInterval"]["pattern"], DURATION_PATTERN);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::{ActivitySpec, DurationError, MAX_PAYLOAD_BYTES, parse_duration};
+use crate::{ActivitySpec, DurationError, MAX_DURATION, MAX_PAYLOAD_BYTES, parse_duration};
 
 /// Every setting of one Activity, defaults applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,8 +57,18 @@ pub const DEFAULT_CANCELLATION_GRACE: Duration = Duration::from_secs(30);
 /// `retryPolicy.maximumDisruptions` when unset.
 pub const DEFAULT_MAXIMUM_DISRUPTIONS: i32 = 10;
 
+/// [`MAX_DURATION`], the longest duration a spec field accepts.
+pub const MAX_SPEC_DURATION: Duration = Duration::from_secs(87_600 * 3_600);
+
+/// A spec duration, at most [`MAX_SPEC_DURATION`]. The chart's spec policy refuses a longer one at
+/// apply time; this is the same bound where no policy is installed.
 fn duration(field: &'static str, value: Option<&String>) -> Result<Option<Duration>, SpecError> {
-    value.map(|v| parse_duration(v).map_err(|source| SpecError::Duration { field, source })).transpose()
+    let Some(v) = value else { return Ok(None) };
+    let d = parse_duration(v).map_err(|source| SpecError::Duration { field, source })?;
+    if d > MAX_SPEC_DURATION {
+        return Err(invalid(field, format!("{v} is longer than {MAX_DURATION} (10 years)")));
+    }
+    Ok(Some(d))
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
@@ -66,8 +76,9 @@ fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
 }
 
 impl ResolvedSpec {
-    /// Resolves a spec. The CRD schema already refuses most of these errors at `kubectl apply`;
-    /// this is the same check for objects that got past it (e.g. stored under an older schema).
+    /// Resolves a spec. The CRD schema (grammar, ranges) and the chart's spec policy (the 87600h
+    /// bound, the rules between fields) refuse these errors at `kubectl apply`; this is the same
+    /// check for objects that got past them (no policy installed, or stored under an older schema).
     pub fn from_spec(spec: &ActivitySpec) -> Result<Self, SpecError> {
         let start_to_close = duration("startToCloseTimeout", spec.start_to_close_timeout.as_ref())?;
         let schedule_to_close =
@@ -206,6 +217,17 @@ mod tests {
     }
 
     #[test]
+    fn durations_up_to_87600h_are_accepted() {
+        let s = ResolvedSpec::from_spec(&spec(serde_json::json!({
+            "scheduleToCloseTimeout": "87600h", "startToCloseTimeout": "0s", "heartbeatTimeout": "87599h59m",
+            "retryPolicy": {"initialInterval": "87600h", "maximumInterval": "87600h"}})))
+        .unwrap();
+        assert_eq!(s.start_to_close, MAX_SPEC_DURATION, "0s falls back to scheduleToCloseTimeout");
+        assert_eq!(s.retry.maximum_interval, MAX_SPEC_DURATION);
+        assert_eq!(crate::parse_duration(MAX_DURATION), Ok(MAX_SPEC_DURATION));
+    }
+
+    #[test]
     fn zero_heartbeat_timeout_disables_it() {
         let s =
             ResolvedSpec::from_spec(&spec(serde_json::json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "0s"})))
@@ -240,6 +262,18 @@ mod tests {
                 "spec.ttlSecondsAfterFinished",
             ),
             (serde_json::json!({"startToCloseTimeout": "1m", "input": "x".repeat(MAX_PAYLOAD_BYTES)}), "spec.input"),
+            // Longer than 87600h: what the CRD's CEL refused before the rules moved to the chart's policy.
+            (serde_json::json!({"startToCloseTimeout": "87600h1s"}), "spec.startToCloseTimeout: 87600h1s is longer"),
+            (serde_json::json!({"startToCloseTimeout": "1m", "startDelay": "87601h"}), "spec.startDelay"),
+            (
+                serde_json::json!({"startToCloseTimeout": "1m", "retryPolicy": {"maximumInterval": "9000000h"}}),
+                "spec.retryPolicy.maximumInterval",
+            ),
+            (
+                serde_json::json!({"startToCloseTimeout": "1m", "retryPolicy": {"maximumInterval": "500ms"}}),
+                "spec.retryPolicy.maximumInterval",
+            ),
+            (serde_json::json!({"startToCloseTimeout": "0s"}), "spec.startToCloseTimeout"),
         ];
         for (json, field) in cases {
             let err = ResolvedSpec::from_spec(&spec(json.clone())).expect_err(&json.to_string());
