@@ -1152,3 +1152,72 @@ async fn a_reset_of_a_running_activity_stops_the_worker_and_starts_a_new_attempt
     assert!(log.contains("Reset"), "the worker logged why it stopped:\n{log}");
     s.finish().await;
 }
+
+/// A pod deleted before its worker started, while no operator was there to see it (the chaos
+/// test's doubled attempt): the pod cannot vanish unseen (it carries the operator's tracking
+/// finalizer until its start is recorded), so the restarted operator counts the attempt as
+/// failed and starts the next one instead of running the same attempt again under the same name.
+#[tokio::test]
+async fn a_pod_deleted_before_it_started_while_the_operator_was_down_is_not_run_again() {
+    let s = Scenario::new("op-unseen").await;
+    // A node selector no node matches: the pod stays Pending, its worker never starts.
+    let mut template = shell("sleep 3600");
+    template["spec"]["nodeSelector"] = json!({"heartbeat.dev/no-such-node": "true"});
+    s.create(
+        "u",
+        json!({"startToCloseTimeout": "5m", "retryPolicy": {"initialInterval": "1s", "maximumAttempts": 2},
+               "template": template}),
+    )
+    .await;
+    let first = wait_for(Duration::from_secs(60), "pod u-1", || async { Ok(s.pods.get_opt("u-1").await?) })
+        .await
+        .expect("pod u-1");
+    let uid = first.metadata.uid.clone().expect("uid");
+    let Scenario { ns, mut op, acts, pods } = s;
+    op.kill();
+    pods.delete("u-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("delete");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = pods.get_opt("u-1").await.expect("get u-1");
+    assert!(
+        held.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+        "the deleted pod is held until the operator has seen it: {held:?}"
+    );
+    let op = op.restart().await.expect("restart operator");
+    let s = Scenario { ns, op, acts, pods };
+    let a = s.wait("u", 60, "attempt 2 pending", |a| status(a).attempt == Some(2)).await;
+    let st = status(&a);
+    let record = st.attempts.first().expect("attempt 1 recorded");
+    assert_eq!(record.failure.as_ref().map(|f| f.type_.as_str()), Some("PodDeleted"), "{record:?}");
+    wait_for(Duration::from_secs(30), "u-1 gone", || async {
+        Ok(s.pods.get_opt("u-1").await?.is_none().then_some(()))
+    })
+    .await
+    .expect("the held pod is released once its attempt is judged");
+    // Attempt 1 never ran twice: no second pod under its name.
+    let again = s.pods.get_opt("u-1").await.expect("get u-1");
+    assert!(again.is_none_or(|p| p.metadata.uid.as_deref() == Some(uid.as_str())), "attempt 1 ran again");
+    s.finish().await;
+}
+
+/// An Activity removed with its finalizer stripped by hand never passes through the operator:
+/// its pod, held by the tracking finalizer, is still let go once the garbage collector deletes it.
+#[tokio::test]
+async fn the_held_pod_of_an_activity_removed_by_hand_is_released() {
+    let s = Scenario::new("op-orphan").await;
+    let mut template = shell("sleep 3600");
+    template["spec"]["nodeSelector"] = json!({"heartbeat.dev/no-such-node": "true"});
+    s.create("o", json!({"startToCloseTimeout": "5m", "template": template})).await;
+    wait_for(Duration::from_secs(60), "pod o-1", || async { Ok(s.pods.get_opt("o-1").await?) }).await.expect("pod o-1");
+    let strip = json!({"metadata": {"finalizers": null}});
+    s.acts.patch("o", &PatchParams::default(), &Patch::Merge(&strip)).await.expect("strip finalizer");
+    s.acts.delete("o", &DeleteParams::default()).await.expect("delete activity");
+    let gone = wait_for(Duration::from_secs(60), "pod o-1 gone", || async {
+        Ok(s.pods.get_opt("o-1").await?.is_none().then_some(()))
+    })
+    .await;
+    if gone.is_err() {
+        s.dump();
+    }
+    gone.expect("the garbage collector's delete completes: the operator released the pod");
+    s.finish().await;
+}

@@ -24,6 +24,10 @@ pub enum Effect {
     StopPod {
         name: String,
     },
+    /// Remove the tracking finalizer from this pod: what the status must know of it is written.
+    ReleasePod {
+        name: String,
+    },
     RemoveFinalizer,
     /// `ttlSecondsAfterFinished` has passed.
     DeleteActivity,

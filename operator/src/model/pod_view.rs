@@ -51,8 +51,16 @@ pub struct PodView {
     /// The pod is being disrupted (condition `DisruptionTarget`, or evicted): its worker is about
     /// to be stopped by the cluster, not by a failure of its own.
     pub disrupted: bool,
+    /// The pod carries the operator's tracking finalizer ([`TRACKING_FINALIZER`]): it cannot be
+    /// removed from the API server before the operator has released it.
+    pub tracked: bool,
     pub worker: WorkerState,
 }
+
+/// Finalizer every worker pod is created with. A pod deleted before its worker started would
+/// otherwise vanish unseen by an operator that was down, which would then run the same attempt
+/// again under the same name; the Job controller tracks its pods the same way.
+pub const TRACKING_FINALIZER: &str = "heartbeat.dev/attempt-tracking";
 
 /// State of the worker (the pod's first container).
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +92,10 @@ impl WorkerState {
     pub fn is_live(&self) -> bool {
         !matches!(self, WorkerState::Exited(_))
     }
+
+    pub fn is_started(&self) -> bool {
+        !matches!(self, WorkerState::Waiting { .. })
+    }
 }
 
 impl PodView {
@@ -96,6 +108,7 @@ impl PodView {
             pod_live: true,
             stop_by: None,
             disrupted: false,
+            tracked: true,
             worker: WorkerState::Waiting { reason: None, message: None },
         }
     }

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, Resource};
 
+use crate::model::pod_view::TRACKING_FINALIZER;
 use crate::runtime::worker_pod::WorkerPod;
 
 /// A patch of an Activity's metadata (its finalizers).
@@ -55,6 +56,8 @@ pub trait ClusterApi: Send + Sync + 'static {
     ) -> impl Future<Output = kube::Result<()>> + Send;
     /// Deletes a pod with its own grace period.
     fn delete_pod(&self, ns: &str, name: &str) -> impl Future<Output = kube::Result<()>> + Send;
+    /// Removes the tracking finalizer from a pod, leaving any other finalizer.
+    fn release_pod(&self, ns: &str, name: &str) -> impl Future<Output = kube::Result<()>> + Send;
 }
 
 /// The API server, through a kube client.
@@ -111,6 +114,12 @@ impl ClusterApi for KubeApi {
 
     async fn delete_pod(&self, ns: &str, name: &str) -> kube::Result<()> {
         Api::<Pod>::namespaced(self.0.clone(), ns).delete(name, &DeleteParams::default()).await.map(drop)
+    }
+
+    async fn release_pod(&self, ns: &str, name: &str) -> kube::Result<()> {
+        // A strategic merge patch removes our entry alone, whatever else the list holds by then.
+        let patch = serde_json::json!({"metadata": {"$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER]}});
+        Api::<Pod>::namespaced(self.0.clone(), ns).patch(name, &manager(), &Patch::Strategic(&patch)).await.map(drop)
     }
 }
 

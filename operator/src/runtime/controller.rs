@@ -10,7 +10,7 @@ use futures::{Future, StreamExt, TryStreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::controller::{self, Config as ControllerConfig, Controller};
 use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::{debug, warn};
@@ -20,7 +20,7 @@ use crate::runtime::context::{Context, ControllerSettings};
 use crate::runtime::events;
 use crate::runtime::memory::{Memory, ReadyGate};
 use crate::runtime::metrics::{Metrics, Watched};
-use crate::runtime::reconcile::{error_policy, reconcile};
+use crate::runtime::reconcile::{error_policy, reconcile, release_orphans};
 use crate::runtime::worker_pod::WorkerPod;
 
 /// A hash of everything in an Activity the planner reads, apart from the worker's heartbeat
@@ -109,14 +109,28 @@ pub async fn run(
     });
     let activities = activity_stream(&client, &ctx, act_writer);
     let pods = pod_stream(&client, &ctx, pod_writer);
+    let orphans = ctx.clone();
     Controller::for_stream(activities, act_store)
         .owns_stream(pods)
         .with_config(config)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                debug!(error = %e, "controller stream");
+        .for_each(|result| {
+            let ctx = orphans.clone();
+            async move {
+                match result {
+                    Err(controller::Error::ObjectNotFound(obj)) => {
+                        // Off the controller's stream: it is not held up by the read.
+                        tokio::spawn(async move {
+                            let (ns, name) = (obj.namespace.unwrap_or_default(), obj.name);
+                            if let Err(e) = release_orphans(&ctx, &ns, &name).await {
+                                warn!(error = %e, activity = %name, namespace = %ns, "releasing the pods of a gone Activity failed");
+                            }
+                        });
+                    }
+                    Err(e) => debug!(error = %e, "controller stream"),
+                    Ok(_) => {}
+                }
             }
         })
         .await;

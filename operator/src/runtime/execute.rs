@@ -75,6 +75,7 @@ pub async fn execute<A: ClusterApi>(
             }
             Effect::DeletePod { name } => run.delete_pod(name).await?,
             Effect::StopPod { name } => run.stop_pod(name).await?,
+            Effect::ReleasePod { name } => run.release_pod(name).await?,
             Effect::AddFinalizer | Effect::RemoveFinalizer | Effect::DeleteActivity => {}
         }
     }
@@ -214,6 +215,16 @@ impl<A: ClusterApi> Run<'_, A> {
             Ok(()) => self.ctx.metrics.write(WriteKind::PodDelete),
             Err(e) if api_code(&e) == Some(404) => {}
             Err(e) => return Err(kube_err("delete pod")(e)),
+        }
+        Ok(())
+    }
+
+    /// Lets a pod go: its tracking finalizer is removed (a pod that is gone already counts).
+    async fn release_pod(&self, name: &str) -> Result<(), Error> {
+        match self.ctx.api.release_pod(&self.id.namespace, name).await {
+            Ok(()) => self.ctx.metrics.write(WriteKind::PodRelease),
+            Err(e) if api_code(&e) == Some(404) => {}
+            Err(e) => return Err(kube_err("release pod")(e)),
         }
         Ok(())
     }

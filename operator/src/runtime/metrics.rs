@@ -28,6 +28,7 @@ pub enum WriteKind {
     PodCreate,
     PodStop,
     PodDelete,
+    PodRelease,
     Finalizer,
     ActivityDelete,
 }
@@ -39,6 +40,7 @@ impl WriteKind {
             WriteKind::PodCreate => "pod_create",
             WriteKind::PodStop => "pod_stop",
             WriteKind::PodDelete => "pod_delete",
+            WriteKind::PodRelease => "pod_release",
             WriteKind::Finalizer => "finalizer",
             WriteKind::ActivityDelete => "activity_delete",
         }

@@ -166,3 +166,35 @@ pub fn error_policy<A>(act: Arc<Activity>, error: &Error, ctx: Arc<Context<A>>) 
     warn!(activity = %act.name_any(), error = %error, failures, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
+
+/// A pod event named an Activity the cache does not hold. If that Activity is really gone (its
+/// finalizer removed by hand, say), the tracking finalizer of its pods would hold them for good:
+/// release them. The API server is asked first, since a cache that has not listed yet lacks
+/// live Activities too.
+pub async fn release_orphans<A: ClusterApi>(ctx: &Context<A>, namespace: &str, name: &str) -> Result<(), Error> {
+    let tracked: Vec<(String, String)> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.tracked && p.namespace().as_deref() == Some(namespace))
+        .filter_map(|p| {
+            let owner = p.owner_references().iter().find(|o| o.controller == Some(true) && o.name == name)?;
+            Some((p.name_any(), owner.uid.clone()))
+        })
+        .collect();
+    if tracked.is_empty() {
+        return Ok(());
+    }
+    let live = ctx.api.get_activity(namespace, name).await.map_err(kube_err("get activity"))?;
+    let live_uid = live.and_then(|a| a.metadata.uid);
+    for (pod, owner_uid) in tracked.iter().filter(|(_, uid)| live_uid.as_ref() != Some(uid)) {
+        ctx.may_write()?;
+        match ctx.api.release_pod(namespace, pod).await {
+            Ok(()) => ctx.metrics.write(crate::runtime::metrics::WriteKind::PodRelease),
+            Err(e) if crate::runtime::error::api_code(&e) == Some(404) => {}
+            Err(e) => return Err(kube_err("release pod")(e)),
+        }
+        debug!(pod = %pod, owner = %owner_uid, "released the pod of an Activity that is gone");
+    }
+    Ok(())
+}

@@ -168,6 +168,10 @@ impl ClusterApi for Scripted {
     async fn delete_pod(&self, _ns: &str, name: &str) -> kube::Result<()> {
         done(self.answer("delete_pod", name, String::new()))
     }
+
+    async fn release_pod(&self, _ns: &str, name: &str) -> kube::Result<()> {
+        done(self.answer("release_pod", name, String::new()))
+    }
 }
 
 /// A context over `api` whose pod cache has listed (and holds `pods`), and the lanes of its

@@ -10,7 +10,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
-use crate::model::pod_view::{Exit, PodView, WorkerState, activity_label, pod_name};
+use crate::model::pod_view::{Exit, PodView, TRACKING_FINALIZER, WorkerState, activity_label, pod_name};
 
 /// Why a worker pod cannot be built from the template.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +24,8 @@ pub enum BuildError {
 }
 
 /// Builds the pod of `attempt`: the template with `restartPolicy: Never`, our labels, a controller
-/// owner reference, the ACTIVITY_* env in every container, and the worker service account when
-/// the template names none.
+/// owner reference, the tracking finalizer, the ACTIVITY_* env in every container, and the worker
+/// service account when the template names none.
 pub fn build_pod(activity: &Activity, attempt: i32, default_service_account: &str) -> Result<Pod, BuildError> {
     let name = activity.metadata.name.clone().ok_or(BuildError::NoIdentity)?;
     let namespace = activity.metadata.namespace.clone().ok_or(BuildError::NoIdentity)?;
@@ -56,6 +56,7 @@ pub fn build_pod(activity: &Activity, attempt: i32, default_service_account: &st
             labels: Some(labels),
             annotations: template_meta.annotations,
             owner_references: Some(vec![OwnerReference { block_owner_deletion: Some(true), ..owner }]),
+            finalizers: Some(vec![TRACKING_FINALIZER.into()]),
             ..ObjectMeta::default()
         },
         spec: Some(spec),
@@ -78,6 +79,8 @@ pub struct WorkerPod {
     pub stopped_at: Option<Timestamp>,
     /// `spec.terminationGracePeriodSeconds`.
     pub grace_seconds: Option<i64>,
+    /// It carries [`TRACKING_FINALIZER`].
+    pub tracked: bool,
     pub status: WorkerPodStatus,
 }
 
@@ -117,6 +120,7 @@ struct PodMetadata {
     resource_version: Option<String>,
     deletion_timestamp: Option<Time>,
     owner_references: Option<Vec<OwnerReference>>,
+    finalizers: Option<Vec<String>>,
     labels: Option<AttemptLabel>,
     annotations: Option<StoppedAnnotation>,
 }
@@ -213,6 +217,7 @@ impl From<PodDocument> for WorkerPod {
             attempt: m.labels.and_then(|l| l.attempt?.parse().ok()),
             stopped_at: m.annotations.and_then(|a| a.stopped_at?.parse().ok()),
             grace_seconds,
+            tracked: m.finalizers.iter().flatten().any(|f| f == TRACKING_FINALIZER),
             status,
         }
     }
@@ -277,6 +282,7 @@ impl PodView {
             pod_live: !pod_done && (worker.is_live() || status.others_running),
             stop_by: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0).or(stopped_by),
             disrupted,
+            tracked: pod.tracked,
             worker,
         }
     }

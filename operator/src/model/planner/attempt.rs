@@ -76,6 +76,16 @@ impl Planner<'_> {
             );
             return self.fail_disrupted(s, failure);
         }
+        if pod.deleting && !pod.worker.is_started() && self.status.started_time.is_none() {
+            // Deleted before its worker started (by hand, or its namespace going): the attempt is
+            // spent, as a pod deleted while running is; running it again could run it twice.
+            let failure = self.failure(
+                FailureType::PodDeleted.as_str(),
+                format!("attempt {}: the worker pod was deleted before its worker started", self.attempt()),
+                false,
+            );
+            return self.fail_attempt(s, failure);
+        }
         match pod.worker.clone() {
             WorkerState::Waiting { reason, message } => {
                 self.waiting = notable_waiting(reason, message);

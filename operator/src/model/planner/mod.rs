@@ -38,8 +38,9 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
     let deleting = activity.metadata.deletion_timestamp.is_some();
     let has_finalizer = activity.finalizers().iter().any(|f| f == FINALIZER);
     if deleting && !has_finalizer {
-        // Not held by us: nothing to clean up, the object is going away.
-        return Plan { status: current, effects: vec![], events: vec![], requeue_after: None };
+        // Not held by us: nothing to clean up, the object is going away; so are its pods.
+        p.release_pods(true);
+        return Plan { status: current, effects: p.effects, events: vec![], requeue_after: None };
     }
     let settings = ResolvedSpec::from_spec(&activity.spec);
     if !p.phase().is_some_and(Phase::is_terminal) || p.reset_pending(deleting) {
@@ -56,6 +57,7 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
         }
     }
     p.stop_stray_pods(deleting);
+    p.release_pods(false);
     if p.phase().is_some_and(Phase::is_terminal) {
         let live = pods.iter().any(|pod| pod.pod_live);
         if has_finalizer && !(deleting && live) {

@@ -92,6 +92,19 @@ impl Planner<'_> {
         }
     }
 
+    /// Releases every tracked pod but the current attempt's before its worker's start is written:
+    /// that one's fate is not in the status yet (unless the Activity is going away). Runs on the
+    /// planned status, which is written before any pod effect.
+    pub(super) fn release_pods(&mut self, gone: bool) {
+        let held = !gone && self.phase() == Some(Phase::Pending) && self.status.started_time.is_none();
+        let unrecorded = held.then_some(self.status.pod_name.as_deref()).flatten();
+        for pod in self.pods.iter().filter(|p| p.tracked) {
+            if unrecorded != Some(pod.name.as_str()) {
+                self.effects.push(Effect::ReleasePod { name: pod.name.clone() });
+            }
+        }
+    }
+
     /// Whether a pod of an earlier attempt still runs, so the next attempt must wait for it: at
     /// most one attempt's worker is ever live. A pod asked to stop that is still live well past its
     /// grace period is on a node that no longer answers; it does not hold the next attempt back.

@@ -42,6 +42,7 @@ fn waiting(attempt: i32, reason: Option<&str>) -> PodView {
         pod_live: true,
         stop_by: None,
         disrupted: false,
+        tracked: true,
         worker: WorkerState::Waiting { reason: reason.map(String::from), message: None },
     }
 }
@@ -54,6 +55,7 @@ fn running(attempt: i32, started_ms: i64) -> PodView {
         pod_live: true,
         stop_by: None,
         disrupted: false,
+        tracked: false,
         worker: WorkerState::Running { started_at: Some(at(started_ms)) },
     }
 }
@@ -66,6 +68,7 @@ fn exited(attempt: i32, code: Option<i32>, reason: &str, disrupted: bool) -> Pod
         pod_live: false,
         stop_by: None,
         disrupted,
+        tracked: false,
         worker: WorkerState::Exited(Exit {
             exit_code: code,
             reason: Some(reason.into()),
@@ -1120,4 +1123,63 @@ fn every_phase_answers_every_operation_request() {
             assert!(p.status.last_reset.is_some(), "{before:?} + {request:?}: the reset is done");
         }
     }
+}
+
+fn tracked(mut pod: PodView) -> PodView {
+    pod.tracked = true;
+    pod
+}
+
+fn deleting(mut pod: PodView) -> PodView {
+    pod.deleting = true;
+    pod
+}
+
+#[test]
+fn a_pod_is_held_by_its_tracking_finalizer_until_the_status_records_its_start() {
+    let pending = applied(seed(), &plan(&seed(), &[], at(100)));
+    // Not started: nothing in the status says the pod ever existed, so it stays held.
+    let p = plan(&pending, &[waiting(1, Some("ContainerCreating"))], at(500));
+    assert!(!p.effects.iter().any(|e| matches!(e, Effect::ReleasePod { .. })), "{:?}", p.effects);
+    // Its start is written by this plan (status goes first): released in the same pass.
+    let p = plan(&pending, &[tracked(running(1, 0))], at(600));
+    assert_eq!(p.status.started_time, Some(MicroTime(at(600))));
+    assert_eq!(p.effects, vec![Effect::ReleasePod { name: "job-1".into() }]);
+    // An exit judged before the start was ever seen releases it too (the outcome is written).
+    let p = plan(&pending, &[tracked(exited(1, Some(1), "Error", false))], at(700));
+    assert_eq!(p.status.phase, Some(Phase::BackingOff));
+    assert!(p.has(&Effect::ReleasePod { name: "job-1".into() }));
+    // An earlier attempt's pod that is still tracked is let go; the current one is kept.
+    let mut second = pending.clone();
+    let st = second.status.as_mut().unwrap();
+    (st.attempt, st.pod_name) = (Some(2), Some("job-2".into()));
+    let p = plan(&second, &[tracked(exited(1, Some(1), "Error", false)), waiting(2, None)], at(800));
+    assert_eq!(p.effects, vec![Effect::ReleasePod { name: "job-1".into() }]);
+    // A finished activity holds none of its pods.
+    let mut done = pending;
+    done.status.as_mut().unwrap().phase = Some(Phase::Failed);
+    let p = plan(&done, &[waiting(1, None)], at(900));
+    assert!(p.has(&Effect::ReleasePod { name: "job-1".into() }));
+}
+
+#[test]
+fn a_pod_deleted_before_its_worker_started_spends_the_attempt_instead_of_running_it_again() {
+    let pending = applied(seed(), &plan(&seed(), &[], at(100)));
+    let p = plan(&pending, &[deleting(waiting(1, None))], at(2_000));
+    let failure = p.status.last_failure.clone().expect("failure");
+    assert_eq!((failure.attempt, failure.type_.as_str()), (1, "PodDeleted"));
+    assert!(failure.message.contains("before its worker started"), "{}", failure.message);
+    assert_eq!(p.status.phase, Some(Phase::BackingOff), "retried as the next attempt");
+    assert!(!p.creates_a_pod(), "attempt 1 is not created again");
+    assert!(p.has(&Effect::ReleasePod { name: "job-1".into() }), "and its pod can go: {:?}", p.effects);
+    // Without the finalizer's guarantee (a pod that is simply gone) the attempt is created again.
+    assert!(plan(&pending, &[], at(2_000)).has(&Effect::CreatePod { attempt: 1 }));
+}
+
+#[test]
+fn the_pods_of_an_activity_going_away_without_our_finalizer_are_released() {
+    let mut a = deleted(applied(seed(), &plan(&seed(), &[], at(100))));
+    a.metadata.finalizers = None;
+    let p = plan(&a, &[waiting(1, None)], at(6_000));
+    assert_eq!(p.effects, vec![Effect::ReleasePod { name: "job-1".into() }]);
 }
