@@ -121,6 +121,7 @@ fn bad_values_fail_with_a_message_that_names_them() -> anyhow::Result<()> {
         ("logLevl=debug", "logLevl"),
         ("leaderElection.enabled=false", "leaderElection.enabled"),
         ("workerPolicy.enabled=maybe", "workerPolicy"),
+        ("specPolicy.enabled=yes", "specPolicy"),
         ("workerPolicy.namespaceSelector.matchLabel.a=b", "matchLabel"),
     ];
     for (set, named) in cases {
@@ -221,9 +222,12 @@ async fn rendered_chart_is_accepted_by_the_api_server() -> anyhow::Result<()> {
             "deployment.apps/dry-activity-operator",
             "serviceaccount/activity-worker",
             "lease.coordination",
-            // The API server compiles the worker status policy's CEL: an error fails the dry run.
+            // The API server compiles the policies' CEL: an error fails the dry run.
             "validatingadmissionpolicy.admissionregistration.k8s.io/dry-activity-operator-worker-status",
             "validatingadmissionpolicybinding.admissionregistration.k8s.io/dry-activity-operator-worker-status",
+            "validatingadmissionpolicy.admissionregistration.k8s.io/dry-activity-operator-spec",
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/dry-activity-operator-spec",
+            "validatingadmissionpolicy.admissionregistration.k8s.io/dry-activity-operator-finished-spec",
         ] {
             assert!(out.contains(object), "dry run output lacks {object}: {out}");
         }

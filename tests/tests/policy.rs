@@ -111,6 +111,41 @@ fn the_chart_renders_the_policy_as_configured() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A heartbeat passes through the worker policy alone: the chart's other policies (the spec
+/// checks, the finished-activity edits) match the main resource, never `activities/status`, and
+/// the CRD has no CEL rule of its own (`activity_crds` tests that), so a status write pays for no
+/// rule it does not need.
+#[test]
+fn only_the_worker_policy_sees_status_writes() -> anyhow::Result<()> {
+    let all = objects(&helm(&["template", "rel", CHART, "--namespace", "ops"])?)?;
+    let policies: Vec<&Value> = all.iter().filter(|o| o["kind"] == "ValidatingAdmissionPolicy").collect();
+    let names: Vec<&str> = policies.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
+    for name in
+        ["rel-activity-operator-worker-status", "rel-activity-operator-spec", "rel-activity-operator-finished-spec"]
+    {
+        assert!(names.contains(&name), "{name} is rendered by default: {names:?}");
+    }
+    for policy in &policies {
+        let name = policy["metadata"]["name"].as_str().unwrap_or_default();
+        let rules = policy["spec"]["matchConstraints"]["resourceRules"].as_array().context("resourceRules")?;
+        let status = rules.iter().any(|r| r["resources"].to_string().contains("activities/status"));
+        assert_eq!(status, name.ends_with("-worker-status"), "{name} matches activities/status: {status}");
+        for rule in rules {
+            assert_ne!(rule["resources"], json!(["*"]), "{name}");
+            assert_ne!(rule["resources"], json!(["activities/*"]), "{name}");
+        }
+    }
+    // The spec policy checks creates and spec updates; a disabled one is not rendered.
+    let spec =
+        policies.iter().find(|p| p["metadata"]["name"] == "rel-activity-operator-spec").context("spec policy")?;
+    assert_eq!(spec["spec"]["matchConstraints"]["resourceRules"][0]["operations"], json!(["CREATE", "UPDATE"]));
+    assert!(spec["spec"]["matchConditions"].to_string().contains("object.spec != oldObject.spec"));
+    let off = helm(&["template", "rel", CHART, "--namespace", "ops", "--set", "specPolicy.enabled=false"])?;
+    assert!(!off.contains("name: rel-activity-operator-spec\n"), "disabled, yet rendered");
+    assert!(off.contains("rel-activity-operator-finished-spec"), "the other policies stay");
+    Ok(())
+}
+
 /// The policy objects of one test, bound to its namespace; deleted on drop.
 struct InstalledPolicy {
     name: String,

@@ -1,13 +1,15 @@
 //! What the API server refuses at `kubectl apply` time, naming the field: a pod template that is no
-//! pod template (the CRD carries Kubernetes' own PodTemplateSpec schema) and spec changes that a
-//! finished or canceled Activity would ignore (the chart's finished-spec policy). Also how the
-//! Activity reads in `kubectl get -o wide` and `kubectl explain`.
+//! pod template (the CRD carries Kubernetes' own PodTemplateSpec schema), durations and timeouts
+//! that cannot run (the chart's spec policy; the CRD itself has no CEL rule, and without the policy
+//! the operator fails such an Activity) and spec changes that a finished or canceled Activity would
+//! ignore (the chart's finished-spec policy). Also how the Activity reads in `kubectl get -o wide`
+//! and `kubectl explain`.
 
 use std::time::Duration;
 
-use activity_crds::Activity;
+use activity_crds::{Activity, Phase};
 use activity_tests::operator::{Operator, ensure_crd, worker_rbac};
-use activity_tests::{TempFile, TestNs, kubectl, tool, wait_for};
+use activity_tests::{TempFile, TestNs, kubectl, tool, wait_for, wait_phase};
 use anyhow::{Context, bail};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -67,7 +69,32 @@ async fn a_template_that_is_no_pod_template_is_refused_at_apply_naming_the_field
         "readinessProbe": {"httpGet": {"port": "http", "path": "/"}},
     }));
     assert_eq!(refusal(&ns.name, "fine", &fine)?, None, "a well-formed template is accepted");
+
+    // Server-side apply (the template is one atomic value to field management) refuses the typo
+    // too, and applies a template and a changed template of its own.
+    let typo = container(json!({"comand": ["sh"]}));
+    let err = server_side_apply(&ns.name, "ssa", &typo, &["--dry-run=server"])?.context("comand accepted")?;
+    assert!(err.contains(".spec.template.spec.containers[0].comand"), "{err}");
+    assert_eq!(server_side_apply(&ns.name, "ssa", &fine, &[])?, None);
+    let changed = container(json!({"env": [{"name": "MODE", "value": "fast"}]}));
+    assert_eq!(server_side_apply(&ns.name, "ssa", &changed, &[])?, None, "the same manager changes the template");
+    let acts: Api<Activity> = ns.api();
+    let template = acts.get("ssa").await?.spec.template.parse()?;
+    let env = template.spec.context("spec")?.containers[0].env.clone().unwrap_or_default();
+    assert_eq!(env.len(), 1, "the applied template replaced the previous one: {env:?}");
     ns.delete().await
+}
+
+/// `kubectl apply --server-side` of an Activity with `spec` (and `extra` flags): the API server's
+/// error, or None when it accepts it.
+fn server_side_apply(ns: &str, name: &str, spec: &Value, extra: &[&str]) -> anyhow::Result<Option<String>> {
+    let manifest = json!({"apiVersion": "heartbeat.dev/v1alpha1", "kind": "Activity",
+                          "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    let file = TempFile::write("spec-ssa", &manifest.to_string())?;
+    let mut args = vec!["apply", "--server-side", "--field-manager=spec-test", "-f", file.path()?];
+    args.extend(extra);
+    let out = tool("kubectl", &args)?;
+    Ok((!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
 #[test]
@@ -83,13 +110,14 @@ fn kubectl_explain_documents_the_pod_template() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The chart's finished-spec policy rendered for a release of its own, bound to `ns` only (so tests
-/// in other namespaces never see it), deleted when dropped.
-struct FinishedPolicy(TempFile);
+/// One of the chart's policies (`templates/<file>`) rendered for a release of its own, bound to `ns`
+/// only (so tests in other namespaces never see it), deleted when dropped.
+struct ChartPolicy(TempFile);
 
-impl FinishedPolicy {
-    fn install(ns: &str) -> anyhow::Result<Self> {
-        let release = format!("fp-{ns}");
+impl ChartPolicy {
+    fn install(ns: &str, file: &str) -> anyhow::Result<Self> {
+        let release = format!("{}-{ns}", &file[..2]);
+        let template = format!("templates/{file}");
         let out = tool(
             "helm",
             &[
@@ -97,7 +125,7 @@ impl FinishedPolicy {
                 &release,
                 "charts/activity-operator",
                 "--show-only",
-                "templates/finished-policy.yaml",
+                &template,
                 "--kube-version",
                 KUBE_VERSION,
                 "--set",
@@ -107,18 +135,116 @@ impl FinishedPolicy {
         if !out.status.success() {
             bail!("helm template: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let file = TempFile::write("finished-policy", &String::from_utf8_lossy(&out.stdout))?;
+        let file = TempFile::write("chart-policy", &String::from_utf8_lossy(&out.stdout))?;
         kubectl(&["apply", "-f", file.path()?])?;
         Ok(Self(file))
     }
 }
 
-impl Drop for FinishedPolicy {
+impl Drop for ChartPolicy {
     fn drop(&mut self) {
         if let Ok(path) = self.0.path() {
             let _ = kubectl(&["delete", "--ignore-not-found", "-f", path]);
         }
     }
+}
+
+#[tokio::test]
+async fn durations_and_timeouts_that_cannot_run_are_refused_at_apply_by_the_spec_policy() -> anyhow::Result<()> {
+    ensure_crd()?;
+    let ns = TestNs::new("spec-pol").await?;
+    let _policy = ChartPolicy::install(&ns.name, "spec-policy.yaml")?;
+    let timeouts = |extra: Value| {
+        let mut spec = json!({"template": shell("true")});
+        if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(extra.clone());
+        }
+        spec
+    };
+    // The policy takes a moment to reach the API server's admission.
+    let probe = timeouts(json!({"startToCloseTimeout": "87601h"}));
+    wait_for(Duration::from_secs(30), "the spec policy enforced", || async {
+        Ok(refusal(&ns.name, "probe", &probe)?.map(|_| ()))
+    })
+    .await?;
+    let cases = [
+        (json!({"startToCloseTimeout": "87601h"}), vec!["spec.startToCloseTimeout (87601h)", "87600h"]),
+        (
+            json!({"startToCloseTimeout": "1m", "startDelay": "9999999h", "retryPolicy": {"maximumInterval": "100000h"}}),
+            vec!["spec.startDelay (9999999h)", "spec.retryPolicy.maximumInterval (100000h)", "87600h"],
+        ),
+        (
+            json!({"startToCloseTimeout": "1m", "retryPolicy": {"initialInterval": "10s", "maximumInterval": "1s"}}),
+            vec!["spec.retryPolicy.maximumInterval (1s) must be at least spec.retryPolicy.initialInterval (10s)"],
+        ),
+        (
+            json!({"startToCloseTimeout": "1m", "retryPolicy": {"maximumInterval": "500ms"}}),
+            vec!["spec.retryPolicy.maximumInterval (500ms)", "initialInterval (1s, its default)"],
+        ),
+        (
+            json!({"startToCloseTimeout": "1m", "retryPolicy": {"initialInterval": "0s"}}),
+            vec!["spec.retryPolicy.initialInterval must be greater than 0s"],
+        ),
+        (
+            json!({"startToCloseTimeout": "1m", "heartbeatTimeout": "2m"}),
+            vec!["spec.heartbeatTimeout (2m) must be at most spec.startToCloseTimeout (1m)"],
+        ),
+        (
+            json!({"startToCloseTimeout": "0s", "scheduleToCloseTimeout": "1m", "heartbeatTimeout": "2m"}),
+            vec!["spec.heartbeatTimeout (2m) must be at most spec.scheduleToCloseTimeout (1m)"],
+        ),
+        (json!({}), vec!["at least one of spec.startToCloseTimeout and spec.scheduleToCloseTimeout"]),
+        (json!({"startToCloseTimeout": "0s"}), vec!["spec.startToCloseTimeout", "greater than 0s"]),
+        // The grammar is the CRD's own schema, policy or not.
+        (json!({"startToCloseTimeout": "5min"}), vec!["spec.startToCloseTimeout", "should match"]),
+    ];
+    for (i, (extra, says)) in cases.iter().enumerate() {
+        let err = refusal(&ns.name, &format!("bad-{i}"), &timeouts(extra.clone()))?
+            .with_context(|| format!("case {i} ({extra}) was accepted"))?;
+        for s in says {
+            assert!(err.contains(s), "case {i} ({extra}): the message says {s:?}: {err}");
+        }
+    }
+    let fine = timeouts(json!({"scheduleToCloseTimeout": "87600h", "startToCloseTimeout": "0s",
+        "heartbeatTimeout": "0", "retryPolicy": {"maximumInterval": "1s"}}));
+    assert_eq!(refusal(&ns.name, "fine", &fine)?, None, "the limits themselves are accepted");
+
+    // A spec update is checked as a create is; an update that leaves the spec alone is not.
+    let acts: Api<Activity> = ns.api();
+    let a: Activity = serde_json::from_value(
+        json!({"metadata": {"name": "live"}, "spec": timeouts(json!({"startToCloseTimeout": "1m"}))}),
+    )?;
+    acts.create(&PostParams::default(), &a).await?;
+    let edit = spec_refusal(&acts, "live", json!({"heartbeatTimeout": "5m"})).await.context("edit accepted")?;
+    assert!(edit.contains("spec.heartbeatTimeout (5m) must be at most spec.startToCloseTimeout (1m)"), "{edit}");
+    let labels = json!({"metadata": {"labels": {"team": "data"}}});
+    acts.patch("live", &PatchParams::default(), &Patch::Merge(&labels)).await?;
+    ns.delete().await
+}
+
+/// The CRD alone (no spec policy bound here) checks types and the grammar but no rule between or on
+/// values; the operator then fails the Activity, naming the field.
+#[tokio::test]
+async fn without_the_spec_policy_the_operator_fails_what_it_would_have_refused() -> anyhow::Result<()> {
+    ensure_crd()?;
+    let ns = TestNs::new("spec-nopol").await?;
+    worker_rbac(&ns.name)?;
+    let acts: Api<Activity> = ns.api();
+    let a: Activity = serde_json::from_value(json!({"metadata": {"name": "long"},
+        "spec": {"startToCloseTimeout": "1m", "startDelay": "87601h", "template": shell("true")}}))?;
+    acts.create(&PostParams::default(), &a).await.context("the CRD alone has no 87600h bound")?;
+    let status = json!({"status": {"attempt": 1, "outcome": {"attempt": 1, "succeeded": false,
+        "failure": {"type": "X", "nextRetryDelay": "87601h"}}}});
+    acts.patch_status("long", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .context("no rule on the status: a heartbeat pays for none")?;
+    let op = Operator::start(&ns.name).await?;
+    let failed = wait_phase(&acts, "long", Phase::Failed, Duration::from_secs(60)).await?;
+    let failure = failed.status.and_then(|s| s.last_failure).context("a failure")?;
+    assert_eq!(failure.type_, "InvalidSpec");
+    assert!(failure.message.starts_with("spec.startDelay: 87601h is longer than 87600h"), "{}", failure.message);
+    drop(op);
+    ns.delete().await
 }
 
 async fn set_phase(acts: &Api<Activity>, name: &str, phase: &str) -> anyhow::Result<()> {
@@ -137,7 +263,7 @@ async fn spec_refusal(acts: &Api<Activity>, name: &str, spec: Value) -> Option<S
 async fn a_finished_activity_refuses_the_changes_it_would_ignore() -> anyhow::Result<()> {
     ensure_crd()?;
     let ns = TestNs::new("spec-fin").await?;
-    let _policy = FinishedPolicy::install(&ns.name)?;
+    let _policy = ChartPolicy::install(&ns.name, "finished-policy.yaml")?;
     let acts: Api<Activity> = ns.api();
     let spec = json!({"startToCloseTimeout": "1m", "template": shell("true")});
     for name in ["done", "gone", "going"] {
