@@ -11,8 +11,13 @@ Alternating rounds in one run cancels most of the noise of a shared machine.
         --apiserver-pid $(cat .local/pids/kube-apiserver.pid) --etcd-pid $(cat .local/pids/etcd.pid) \\
         --other-crd /tmp/old-crd.yaml --label old
 
+`--other-policy FILE` installs a copy of the ValidatingAdmissionPolicies (and bindings) in FILE for the
+other group too (`helm template … --show-only templates/spec-policy.yaml`), so creates of both pay
+the same admission. Prints each schema's CRD size, the min / median / max per request, and every
+round's pair (the other schema's cost minus the installed one's, measured back to back).
+
 Needs the `kubernetes` Python client (the SDK's venv has it). Uses the kubeconfig's credentials, so it
-measures the CRD (schema, CEL, pruning), not the worker policy.
+measures the CRD (schema, CEL, pruning) and policies that match any user, not the worker policy.
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ def main() -> None:
     ap.add_argument("--apiserver-pid", type=int, required=True)
     ap.add_argument("--etcd-pid", type=int, required=True)
     ap.add_argument("--other-crd", required=True, help="the CRD YAML to compare with the installed one")
+    ap.add_argument("--other-policy", help="ValidatingAdmissionPolicy YAML to install for the other group too")
     ap.add_argument("--label", default="other", help="name of the other schema (becomes its API group prefix)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--creates", type=int, default=100, help="activities created per round")
@@ -131,6 +137,28 @@ def main() -> None:
     except client.ApiException as e:
         if e.status != 409:
             raise
+    installed = api.sanitize_for_serialization(ext.read_custom_resource_definition("activities.heartbeat.dev"))
+    sizes = {
+        "installed": len(json.dumps(installed["spec"])),
+        args.label: len(json.dumps(crd["spec"])),
+    }
+    policies = []
+    if args.other_policy:
+        admission = client.CustomObjectsApi(api)
+        with open(args.other_policy) as f:
+            for doc in yaml.safe_load_all(f):
+                if not doc:
+                    continue
+                doc["metadata"]["name"] = f"{args.label}-{doc['metadata']['name']}"[:63]
+                if doc["kind"] == "ValidatingAdmissionPolicy":
+                    for rule in doc["spec"]["matchConstraints"]["resourceRules"]:
+                        rule["apiGroups"] = [other_group]
+                    plural = "validatingadmissionpolicies"
+                else:
+                    doc["spec"]["policyName"] = f"{args.label}-{doc['spec']['policyName']}"[:63]
+                    plural = "validatingadmissionpolicybindings"
+                admission.create_cluster_custom_object("admissionregistration.k8s.io", "v1", plural, doc)
+                policies.append((plural, doc["metadata"]["name"]))
     ns = f"schema-cost-{os.getpid()}"
     core.create_namespace({"metadata": {"name": ns}})
     time.sleep(5)  # both CRDs established and served
@@ -175,6 +203,10 @@ def main() -> None:
     finally:
         core.delete_namespace(ns)
         ext.delete_custom_resource_definition(f"activities.{other_group}")
+        for plural, name in policies:
+            client.CustomObjectsApi(api).delete_cluster_custom_object(
+                "admissionregistration.k8s.io", "v1", plural, name
+            )
 
     print("\n| schema | request | kube-apiserver ms CPU each (min / median / max) | etcd ms CPU each (median) |")
     print("|---|---|---:|---:|")
@@ -185,6 +217,12 @@ def main() -> None:
             f"| {label} | {kind} | {min(a):.2f} / {statistics.median(a):.2f} / {max(a):.2f} | "
             f"{statistics.median(e):.2f} |"
         )
+    print("\nCRD spec, JSON bytes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    print(f"\nPer round, kube-apiserver ms CPU each ({args.label} − installed):")
+    for kind in ("create", "patch"):
+        pairs = zip(results[("installed", kind)], results[(args.label, kind)])
+        diffs = [o["kube-apiserver"] - i["kube-apiserver"] for i, o in pairs]
+        print(f"  {kind}: " + " ".join(f"{d:+.2f}" for d in diffs) + f"  (median {statistics.median(diffs):+.2f})")
     print(json.dumps({f"{k[0]}/{k[1]}": v for k, v in results.items()}))
 
 
