@@ -96,6 +96,15 @@ impl WorkerState {
     pub fn is_started(&self) -> bool {
         !matches!(self, WorkerState::Waiting { .. })
     }
+
+    /// When the worker's container started, as the kubelet reported it (whole seconds).
+    pub fn started_at(&self) -> Option<Timestamp> {
+        match self {
+            WorkerState::Waiting { .. } => None,
+            WorkerState::Running { started_at } => *started_at,
+            WorkerState::Exited(exit) => exit.started_at,
+        }
+    }
 }
 
 impl PodView {

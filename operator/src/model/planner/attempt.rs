@@ -59,6 +59,12 @@ impl Planner<'_> {
             return self.fail_attempt(s, failure);
         }
         if let Some(outcome) = current_outcome(&self.status).cloned() {
+            // An attempt can report before its start was ever seen (a quick worker): its pod
+            // still says when it started, for the history and `kubectl activity describe`.
+            if self.status.started_time.is_none() {
+                let started = self.current_pod().and_then(|p| p.worker.started_at());
+                self.status.started_time = started.map(time);
+            }
             return self.judge_outcome(s, outcome);
         }
         let Some(pod) = self.current_pod().cloned() else {

@@ -57,6 +57,7 @@ pub fn plan(activity: &Activity, pods: &[PodView], now: Timestamp) -> Plan {
         }
     }
     p.stop_stray_pods(deleting);
+    p.fill_late_start();
     p.release_pods(false);
     if p.phase().is_some_and(Phase::is_terminal) {
         let live = pods.iter().any(|pod| pod.pod_live);
@@ -281,6 +282,22 @@ impl<'a> Planner<'a> {
         });
         let excess = self.status.attempts.len().saturating_sub(ATTEMPT_HISTORY);
         self.status.attempts.drain(..excess);
+    }
+
+    /// An attempt judged before its start was seen (a quick worker whose outcome came before the
+    /// kubelet reported the container): its start is filled in once its pod says when.
+    fn fill_late_start(&mut self) {
+        if self.status.started_time.is_some() || matches!(self.phase(), None | Some(Phase::Pending | Phase::Running)) {
+            return;
+        }
+        let Some(pod_name) = self.status.pod_name.clone() else { return };
+        let Some(started) = self.pods.iter().find(|p| p.name == pod_name).and_then(|p| p.worker.started_at()) else {
+            return;
+        };
+        self.status.started_time = Some(time(started));
+        if let Some(record) = self.status.attempts.last_mut().filter(|r| r.pod_name == pod_name) {
+            record.started_time.get_or_insert(time(started));
+        }
     }
 
     fn finish(&mut self, phase: Phase, failure: Option<Failure>, result: Option<RawJson>) {

@@ -1183,3 +1183,35 @@ fn the_pods_of_an_activity_going_away_without_our_finalizer_are_released() {
     let p = plan(&a, &[waiting(1, None)], at(6_000));
     assert_eq!(p.effects, vec![Effect::ReleasePod { name: "job-1".into() }]);
 }
+
+#[test]
+fn an_outcome_reported_before_the_start_was_seen_still_records_when_the_worker_started() {
+    let pending = applied(seed(), &plan(&seed(), &[], at(100)));
+    let ok = Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false, cause: None };
+    let p = plan(&with_outcome(pending.clone(), ok.clone()), &[exited(1, Some(0), "Completed", false)], at(3_000));
+    assert_eq!(p.status.phase, Some(Phase::Succeeded));
+    assert_eq!(p.status.started_time, Some(MicroTime(at(0))), "from the pod's terminated state");
+    assert_eq!(p.status.attempts.last().and_then(|r| r.started_time.clone()), Some(MicroTime(at(0))));
+    // No pod to ask (already gone): the start stays unknown rather than made up.
+    let p = plan(&with_outcome(pending, ok), &[], at(3_000));
+    assert_eq!((p.status.phase, p.status.started_time), (Some(Phase::Succeeded), None));
+}
+
+#[test]
+fn a_start_the_kubelet_reports_after_the_outcome_is_filled_in_later() {
+    let pending = applied(seed(), &plan(&seed(), &[], at(100)));
+    let ok = Outcome { attempt: 1, succeeded: true, result: None, failure: None, canceled: false, cause: None };
+    // Judged while the kubelet still showed the container waiting: no start known yet.
+    let reported = with_outcome(pending, ok);
+    let done = applied(reported.clone(), &plan(&reported, &[waiting(1, None)], at(1_000)));
+    let status_of = |a: &Activity| a.status.clone().unwrap();
+    assert_eq!(status_of(&done).phase, Some(Phase::Succeeded));
+    assert_eq!(status_of(&done).started_time, None);
+    // The kubelet's report arrives: the start goes into the status and the attempt's record.
+    let p = plan(&done, &[exited(1, Some(0), "Completed", false)], at(2_000));
+    assert_eq!(p.status.started_time, Some(MicroTime(at(0))));
+    assert_eq!(p.status.attempts.last().and_then(|r| r.started_time.clone()), Some(MicroTime(at(0))));
+    // Written once: with the start known, nothing changes again.
+    let again = applied(done, &p);
+    assert_eq!(plan(&again, &[exited(1, Some(0), "Completed", false)], at(3_000)).status, status_of(&again));
+}
