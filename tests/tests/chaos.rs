@@ -274,12 +274,14 @@ async fn restart_component(component: &str) -> anyhow::Result<u32> {
     let (program, args) = argv.split_first().ok_or_else(|| anyhow::anyhow!("{component}: empty command line"))?;
     let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
     anyhow::ensure!(killed.success(), "kill -KILL {pid} ({component}) failed");
-    // Gone, or a zombie waiting for its parent: either way it holds no port any more.
+    // Gone, or a zombie waiting for its parent whose files are closed. The leader thread of a Go
+    // process turns zombie while its other threads still exit holding the listening sockets
+    // (a restart of etcd then failed with "bind: address already in use").
     wait_for(Duration::from_secs(10), "the killed component gone", || async {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        let gone = state
-            .as_deref()
-            .is_none_or(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')));
+        let zombie = |s: &str| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        let open_files = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+        let gone = state.as_deref().is_none_or(|s| zombie(s) && open_files == 0);
         Ok(gone.then_some(()))
     })
     .await?;
