@@ -274,38 +274,47 @@ async fn restart_component(component: &str) -> anyhow::Result<u32> {
     let (program, args) = argv.split_first().ok_or_else(|| anyhow::anyhow!("{component}: empty command line"))?;
     let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
     anyhow::ensure!(killed.success(), "kill -KILL {pid} ({component}) failed");
-    // Gone, or a zombie waiting for its parent whose files are closed. The leader thread of a Go
+    // Gone, or a zombie waiting for its parent with no thread left. The leader thread of a Go
     // process turns zombie while its other threads still exit holding the listening sockets
-    // (a restart of etcd then failed with "bind: address already in use").
+    // (a restart then failed with "bind: address already in use").
     wait_for(Duration::from_secs(10), "the killed component gone", || async {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        let zombie = |s: &str| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
-        let open_files = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-        let gone = state.as_deref().is_none_or(|s| zombie(s) && open_files == 0);
-        Ok(gone.then_some(()))
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+        Ok((threads <= 1).then_some(()))
     })
     .await?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("logs").join(format!("{component}.log")))?;
-    let child = Command::new("setsid")
-        .arg(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .current_dir(cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    std::fs::write(&pid_file, format!("{}\n", child.id()))?;
-    // The API server answers again (through it, etcd too).
-    wait_for(Duration::from_secs(60), "the API server ready after the restart", || async {
-        Ok(kubectl(&["get", "--raw", "/readyz"]).ok().filter(|r| r.trim() == "ok").map(|_| ()))
-    })
-    .await?;
-    Ok(child.id())
+    let log_path = dir.join("logs").join(format!("{component}.log"));
+    // Started again until it stays up: a port can still be in the kernel's hands for a moment.
+    for _ in 0..5 {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut child = Command::new("setsid")
+            .arg(program)
+            .args(args)
+            .env_clear()
+            .envs(env.clone())
+            .current_dir(&cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        std::fs::write(&pid_file, format!("{}\n", child.id()))?;
+        // The API server answers again (through it, etcd too), unless the new process died.
+        let ready = wait_for(Duration::from_secs(60), "the API server ready after the restart", || {
+            let exited = child.try_wait().ok().flatten().is_some();
+            async move {
+                if exited {
+                    return Ok(Some(false));
+                }
+                Ok(kubectl(&["get", "--raw", "/readyz"]).ok().filter(|r| r.trim() == "ok").map(|_| true))
+            }
+        })
+        .await?;
+        if ready {
+            return Ok(child.id());
+        }
+        eprintln!("chaos: {component} exited at once after its restart; starting it again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    anyhow::bail!("{component} did not stay up after 5 restarts (see {})", log_path.display())
 }
 
 /// One attempt's worker log: when it started and the items it processed, with their times.
