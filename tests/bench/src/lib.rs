@@ -19,6 +19,7 @@
 
 pub mod load;
 pub mod scenarios;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -353,7 +354,7 @@ impl RunResult {
     }
 
     /// The results [`RunResult::print`] wrote into `text` (a bench log), in order; other lines are
-    /// skipped. Values keep the printed precision (one decimal).
+    /// skipped. Values keep the printed precision (three decimals).
     pub fn parse_printed(text: &str) -> Vec<RunResult> {
         let mut out: Vec<RunResult> = Vec::new();
         for line in text.lines() {
@@ -366,14 +367,15 @@ impl RunResult {
                 current.notes.push(note.to_string());
                 continue;
             }
-            // `{name:<58} {value:>12.1} {unit}`: the value is the last number on the line.
+            // `{name:<58} {value:>12.3} {unit}`: the value is the last number on the line.
             let mut words: Vec<&str> = body.split_whitespace().collect();
             let unit = match words.last().map(|w| w.parse::<f64>().is_ok()) {
                 Some(false) => words.pop().unwrap_or_default(),
                 _ => "",
             };
-            let Some(value) = words.pop().and_then(|w| w.parse::<f64>().ok()) else { continue };
-            let name = body[..body.find(&format!(" {value:.1}")).unwrap_or(0)].trim_end().to_string();
+            let Some(token) = words.pop() else { continue };
+            let Ok(value) = token.parse::<f64>() else { continue };
+            let name = body.rfind(&format!(" {token}")).map_or("", |at| body[..at].trim_end()).to_string();
             let unit: &'static str = match unit {
                 "ms" => "ms",
                 "s" => "s",
@@ -385,7 +387,6 @@ impl RunResult {
                 "1/s" => "1/s",
                 _ => "",
             };
-            let name = if name.is_empty() { words.join(" ") } else { name };
             current.push(name, value, unit);
         }
         out
@@ -395,7 +396,7 @@ impl RunResult {
     pub fn printed(&self) -> String {
         let mut out = format!("== {}\n", self.title);
         for m in &self.metrics {
-            out.push_str(&format!("  {:<58} {:>12.1} {}\n", m.name, m.value, m.unit));
+            out.push_str(&format!("  {:<58} {:>12.3} {}\n", m.name, m.value, m.unit));
         }
         for n in &self.notes {
             out.push_str(&format!("  note: {n}\n"));
@@ -421,15 +422,17 @@ mod tests {
         a.notes.push("Job status.startTime has whole seconds".into());
         let mut b = RunResult::new("apply -> pod, one at a time, M=3");
         b.push("create sent -> pod seen (watch) p50", 51.8, "ms");
+        b.push("ratio heartbeat/Lease: kube-apiserver CPU per request, net of idle", 1.4321, "x");
         let log = format!("cargo noise\n{}bench: progress line\n{}", a.printed(), b.printed());
         let parsed = RunResult::parse_printed(&log);
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed[0].title, a.title);
-        assert_eq!(parsed[0].get("activities: deadline -> watch shows TimedOut p99"), Some(12.3));
+        assert_eq!(parsed[0].get("activities: deadline -> watch shows TimedOut p99"), Some(12.345));
         assert_eq!(parsed[0].get("heartbeats sent"), Some(300.0));
         assert_eq!(parsed[0].get("  of which {kind=\"status\"}"), Some(3.0));
         assert_eq!(parsed[0].metrics[2].unit, "writes");
         assert_eq!(parsed[0].notes, a.notes);
         assert_eq!(parsed[1].get("create sent -> pod seen (watch) p50"), Some(51.8));
+        assert_eq!(parsed[1].get("ratio heartbeat/Lease: kube-apiserver CPU per request, net of idle"), Some(1.432));
     }
 }

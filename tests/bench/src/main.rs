@@ -106,22 +106,44 @@ enum Cmd {
 #[derive(clap::Args, Clone)]
 struct LoadOpts {
     /// Live activities at each step of `load` (ascending, comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000,10000")]
     load_sizes: Vec<usize>,
     /// Heartbeat intervals driven at each step, seconds.
     #[arg(long, value_delimiter = ',', default_value = "10,30")]
     load_intervals: Vec<u64>,
+    /// Heartbeat/Lease window pairs at each step and interval.
+    #[arg(long, default_value_t = 3)]
+    load_pairs: usize,
+    /// Length of each heartbeat or Lease window, seconds (default: one interval, at least 20 s).
+    #[arg(long)]
+    load_window_secs: Option<u64>,
+    /// Length of the idle window at each step, seconds.
+    #[arg(long, default_value_t = 20)]
+    idle_secs: u64,
+    /// Pause after each window, seconds.
+    #[arg(long, default_value_t = 3)]
+    settle_secs: u64,
     /// Concurrent workers of the closed-loop heartbeat bursts.
     #[arg(long, value_delimiter = ',', default_value = "1,100,500")]
     bursts: Vec<usize>,
     #[arg(long, default_value_t = 20)]
     burst_secs: u64,
+    /// Skip the closed-loop bursts.
+    #[arg(long)]
+    no_bursts: bool,
     /// Skip the operator restart at the largest step.
     #[arg(long)]
     no_restart: bool,
-    /// Measuring window of each interval, seconds (default: six heartbeats, at least 60 s).
-    #[arg(long)]
-    load_window_secs: Option<u64>,
+    /// The etcd growth run: at the step of this size (0: none), heartbeats for `growth_secs`.
+    #[arg(long, default_value_t = 1000)]
+    growth_n: usize,
+    #[arg(long, default_value_t = 10)]
+    growth_interval: u64,
+    #[arg(long, default_value_t = 900)]
+    growth_secs: u64,
+    /// Between two samples of etcd's size, seconds.
+    #[arg(long, default_value_t = 30)]
+    growth_every: u64,
 }
 
 impl LoadOpts {
@@ -129,13 +151,33 @@ impl LoadOpts {
         if quick {
             return LoadPlan::quick();
         }
+        let secs = std::time::Duration::from_secs;
         LoadPlan {
             sizes: self.load_sizes.clone(),
             intervals: self.load_intervals.clone(),
-            bursts: self.bursts.clone(),
-            burst_window: std::time::Duration::from_secs(self.burst_secs),
-            window: self.load_window_secs.map(std::time::Duration::from_secs),
+            pairs: self.load_pairs,
+            window: self.load_window_secs.map(secs),
+            idle: secs(self.idle_secs),
+            settle: secs(self.settle_secs),
+            bursts: if self.no_bursts { Vec::new() } else { self.bursts.clone() },
+            burst_window: secs(self.burst_secs),
+            growth: (self.growth_n > 0).then(|| load::Growth {
+                n: self.growth_n,
+                interval: secs(self.growth_interval),
+                duration: secs(self.growth_secs),
+                every: secs(self.growth_every),
+            }),
             restart: !self.no_restart,
+        }
+    }
+}
+
+/// Results in groups of equal titles (the repeats of one table), in order of first appearance.
+fn group_by_title(groups: &mut Vec<Vec<RunResult>>, results: impl IntoIterator<Item = RunResult>) {
+    for res in results {
+        match groups.iter_mut().find(|g| g.first().is_some_and(|f| f.title == res.title)) {
+            Some(g) => g.push(res),
+            None => groups.push(vec![res]),
         }
     }
 }
@@ -184,12 +226,7 @@ async fn main() -> anyhow::Result<()> {
             let mut groups: Vec<Vec<RunResult>> = Vec::new();
             for log in &from_log {
                 let text = std::fs::read_to_string(log)?;
-                for res in RunResult::parse_printed(&text) {
-                    match groups.iter_mut().find(|g| g.first().is_some_and(|f| f.title == res.title)) {
-                        Some(g) => g.push(res),
-                        None => groups.push(vec![res]),
-                    }
-                }
+                group_by_title(&mut groups, RunResult::parse_printed(&text));
             }
             for &n in deadline_n.iter().filter(|_| on("deadline")) {
                 for kind in [DeadlineKind::Heartbeat, DeadlineKind::StartToClose] {
@@ -253,15 +290,16 @@ async fn main() -> anyhow::Result<()> {
             // The load scenario runs once: it is long, and its steps are the repeats of interest.
             if on("load") {
                 eprintln!("bench: load (once)");
-                for res in load::load(&cluster, &load_opts.plan(false)).await? {
+                let results = load::load(&cluster, &load_opts.plan(false)).await?;
+                for res in &results {
                     res.print();
-                    groups.push(vec![res]);
                 }
+                group_by_title(&mut groups, results);
             }
-            let md = render(&groups, repeats, &command, started.elapsed().as_secs(), &from_log);
+            let md = render(&groups, repeats, &command, started.elapsed().as_secs(), &from_log, &cluster);
             let path = if out.is_absolute() { out } else { repo_root().join(out) };
             let existing = std::fs::read_to_string(&path).unwrap_or_default();
-            let md = keep_analysis(&existing, md);
+            let md = splice(&existing, &md);
             std::fs::write(&path, md)?;
             eprintln!("bench: wrote {}", path.display());
         }
@@ -274,21 +312,16 @@ fn big_once(n: usize, repeats: usize) -> usize {
     if n >= 1000 { 1 } else { repeats }
 }
 
-const ANALYSIS_BEGIN: &str = "<!-- analysis: kept across regenerations -->";
+const BEGIN: &str = "<!-- generated by activity-bench report: begin -->";
+const END: &str = "<!-- generated by activity-bench report: end -->";
 
-/// The hand-written analysis section (after [`ANALYSIS_BEGIN`]) of the previous report is kept.
-fn keep_analysis(existing: &str, mut generated: String) -> String {
-    match existing.split_once(ANALYSIS_BEGIN) {
-        Some((_, rest)) => {
-            generated.push_str(ANALYSIS_BEGIN);
-            generated.push_str(rest);
-        }
-        None => {
-            generated.push_str(ANALYSIS_BEGIN);
-            generated.push_str("\n\n## Analysis\n\n(none yet)\n");
-        }
+/// The report: the previous one's hand-written text around the generated part (between [`BEGIN`]
+/// and [`END`]) is kept; without those markers, the generated part alone.
+fn splice(existing: &str, generated: &str) -> String {
+    match existing.split_once(BEGIN).and_then(|(before, rest)| Some((before, rest.split_once(END)?.1))) {
+        Some((before, after)) => format!("{before}{BEGIN}\n{generated}{END}{after}"),
+        None => format!("{BEGIN}\n{generated}{END}\n"),
     }
-    generated
 }
 
 fn sh(cmd: &str) -> String {
@@ -299,59 +332,89 @@ fn sh(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
-fn render(groups: &[Vec<RunResult>], repeats: usize, command: &str, wall: u64, from_log: &[PathBuf]) -> String {
+/// The generated part of the report: the machine, then a table per group of runs (min / median /
+/// max over the runs, or the value of a single run) with the notes of every run.
+fn render(
+    groups: &[Vec<RunResult>],
+    repeats: usize,
+    command: &str,
+    wall: u64,
+    from_log: &[PathBuf],
+    cluster: &Cluster,
+) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Generated by `{command}` (`tests/bench`, `activity-bench report`): regenerate rather than edit the \
-         tables; the analysis at the end is kept across regenerations.\n"
+        "Generated by `{command}` (`tests/bench`, `activity-bench report`): regenerate rather than edit \
+         the tables; the text outside them is kept across regenerations.\n"
     );
-    let _ = writeln!(md, "## Machine and run\n");
+    let _ = writeln!(md, "### Machine and run\n");
     let _ = writeln!(md, "- date (UTC): {}", sh("date -u +%Y-%m-%dT%H:%MZ"));
+    let _ = writeln!(
+        md,
+        "- commit: {}",
+        sh("git rev-parse --short HEAD; git diff --quiet HEAD || echo '(with local changes)'").replace('\n', " ")
+    );
     let _ = writeln!(md, "- CPUs (`nproc`): {}", sh("nproc"));
     let _ = writeln!(md, "- CPU: {}", sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"));
     let _ = writeln!(md, "- memory: {}", sh("grep MemTotal /proc/meminfo | tr -s ' '"));
     let _ = writeln!(md, "- kernel: {}", sh("uname -sr"));
+    if let Ok(bin) = cluster.local.bin_dir() {
+        let version =
+            |tool: &str, args: &str| sh(&format!("'{}' {args} 2>/dev/null | head -1", bin.join(tool).display()));
+        let _ = writeln!(
+            md,
+            "- kube-apiserver: {}; etcd: {}",
+            version("kube-apiserver", "--version"),
+            version("etcd", "--version")
+        );
+    }
     let exe = activity_bench::operator_exe();
     let build = if exe.components().any(|c| c.as_os_str() == "release") { "release build" } else { "debug build" };
     let _ = writeln!(md, "- operator binary: `{}` ({build})", exe.display());
     let _ = writeln!(
         md,
-        "- cluster: the local control plane (`deploy/local/cluster.sh`: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, process node), a cluster of its own for the bench"
+        "- cluster: the local control plane (`deploy/local/cluster.sh`: etcd, kube-apiserver, \
+         kube-controller-manager, kube-scheduler, process node) on this machine, a cluster of its own for \
+         the bench; the bench's driver runs on the same cores"
     );
     let _ = writeln!(
         md,
-        "- repeats per scenario: {repeats} (each row: min / median / max over the repeats), except N ≥ 1,000 and the \
-         heartbeat load, bursts and restart, which run once (min = median = max); whole run {wall} s\n"
+        "- repeats per scenario: {repeats} (min / median / max over the repeats), except N ≥ 1,000 and \
+         the `load` scenario, which run once (its heartbeat/Lease tables: min / median / max over the \
+         window pairs); whole run {wall} s"
     );
     for log in from_log {
         let _ = writeln!(
             md,
-            "- merged: the tables of the runs printed in `{}` (an earlier invocation; values at its printed \
-             precision), then this run's (whole run {wall} s is this invocation's)\n",
+            "- merged: the tables of the runs printed in `{}` (an earlier invocation; values at its \
+             printed precision), then this run's",
             log.display()
         );
     }
+    let _ = writeln!(md);
     for runs in groups {
         let Some(first) = runs.first() else { continue };
-        let _ = writeln!(md, "## {}\n", first.title);
-        let _ = writeln!(md, "| metric | min | median | max | unit |\n|---|---:|---:|---:|---|");
+        let _ = writeln!(md, "### {}\n", first.title);
+        if runs.len() == 1 {
+            let _ = writeln!(md, "| metric | value | unit |\n|---|---:|---|");
+        } else {
+            let _ = writeln!(md, "| metric | min | median | max | unit |\n|---|---:|---:|---:|---|");
+        }
         for m in &first.metrics {
             let mut vals: Vec<f64> = runs.iter().filter_map(|r| r.get(&m.name)).collect();
             vals.sort_by(|a, b| a.total_cmp(b));
-            let med = vals[vals.len() / 2];
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                m.name.trim(),
-                fmt(vals[0]),
-                fmt(med),
-                fmt(vals[vals.len() - 1]),
-                m.unit
-            );
+            let (Some(min), Some(max)) = (vals.first(), vals.last()) else { continue };
+            let name = m.name.trim();
+            if runs.len() == 1 {
+                let _ = writeln!(md, "| {name} | {} | {} |", fmt(*min), m.unit);
+            } else {
+                let med = vals[vals.len() / 2];
+                let _ = writeln!(md, "| {name} | {} | {} | {} | {} |", fmt(*min), fmt(med), fmt(*max), m.unit);
+            }
         }
-        for n in &first.notes {
+        let mut seen = std::collections::HashSet::new();
+        for n in runs.iter().flat_map(|r| &r.notes).filter(|n| seen.insert(n.as_str())) {
             let _ = writeln!(md, "\nNote: {n}.");
         }
         let _ = writeln!(md);

@@ -40,12 +40,26 @@ async fn quick_scenarios() {
     assert_eq!(writes.get("operator writes per heartbeat"), Some(0.0));
     load::apply(&cluster, 3).await.expect("apply --quick").print();
     load::worker(&cluster, std::time::Duration::from_secs(2)).await.expect("worker").print();
-    // Every step (growth, steady heartbeats, bursts, restart) checks its invariants itself: no
-    // operator write per heartbeat, no canceled reply, nothing moved or duplicated by the restart.
+    // Every step (growth, heartbeat/Lease windows, etcd sampling, bursts, restart) checks its
+    // invariants itself: no operator write per heartbeat, no canceled reply, nothing moved or
+    // duplicated by the restart. The workers use tokens bound to their pods, under the chart's
+    // worker policy: every heartbeat and every Lease renewal must be accepted.
     let runs = load::load(&cluster, &LoadPlan::quick()).await.expect("load --quick");
     for res in &runs {
         res.print();
     }
-    assert_eq!(runs.len(), 4, "a steady run per size (2), the bursts, the restart");
+    let titled = |prefix: &str| runs.iter().filter(|r| r.title.starts_with(prefix)).count();
+    assert_eq!(titled("load step"), 2, "a result per size");
+    assert_eq!(titled("heartbeat vs Lease renewal"), 4, "two window pairs per size");
+    assert_eq!(titled("etcd size under heartbeats"), 1);
+    assert_eq!(titled("heartbeat bursts"), 1);
+    assert_eq!(titled("operator restart"), 1);
+    for res in runs.iter().filter(|r| r.title.starts_with("heartbeat vs Lease renewal")) {
+        for kind in ["heartbeat", "Lease"] {
+            assert_eq!(res.get(&format!("{kind}: errors")), Some(0.0), "{kind} errors: {:?}", res.notes);
+            assert!(res.get(&format!("{kind}: done per second")).is_some_and(|r| r > 0.0), "no {kind} done");
+        }
+        assert_eq!(res.get("operator writes per heartbeat"), Some(0.0));
+    }
     assert!(runs.iter().all(|r| r.get("heartbeat errors").unwrap_or(0.0) == 0.0), "no heartbeat failed");
 }
