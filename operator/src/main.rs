@@ -66,8 +66,8 @@ struct Args {
     leader_election_namespace: String,
     #[arg(long, env = "LEADER_ELECTION_LEASE", default_value = "activity-operator")]
     leader_election_lease: String,
-    /// Seconds a leader's lease lasts without renewal.
-    #[arg(long, default_value_t = 15)]
+    /// Seconds a leader's lease lasts without renewal (the leader renews it every third).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(5..=3600))]
     lease_duration_seconds: u64,
     /// This replica's identity (default: the pod name, else the hostname).
     #[arg(long, env = "POD_NAME")]

@@ -387,7 +387,13 @@ async fn install_failover_upgrade_uninstall() -> anyhow::Result<()> {
         .filter_map(|e| e.reporting_instance)
         .collect();
     assert!(!reporters.is_empty(), "the operator recorded no events on the activity");
-    assert!(reporters.iter().all(|r| *r == leader), "only the leader {leader} acts; events came from {reporters:?}");
+    let lease = Api::<Lease>::namespaced(release.client.clone(), &relns).get(&release.fullname).await?.spec;
+    let (holder, transitions) = lease.map(|s| (s.holder_identity, s.lease_transitions)).unwrap_or_default();
+    assert!(
+        reporters.iter().all(|r| *r == leader),
+        "only the leader {leader} acts; events came from {reporters:?} (the lease is held by {holder:?} now, \
+         {transitions:?} transitions)"
+    );
 
     // Failover: an activity in flight (heartbeating for 20 s), then the leader's pod is deleted.
     let script = r#"i=0; while [ $i -lt 20 ]; do sleep 1; i=$((i+1)); echo "::heartbeat {\"i\":$i}"; done; echo "::result {\"ok\":true,\"beats\":$i}""#;
