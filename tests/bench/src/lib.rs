@@ -168,7 +168,7 @@ impl Bench {
 /// Deletes the namespaces of earlier runs (label `activity-bench=true`) that did not finish: a
 /// failed or interrupted run skips [`Bench::finish`], and its pods would count against the process
 /// node's 1,000 pods (a later `load` run then never gets all its attempts started). No operator
-/// runs for them any more, so their Activities' finalizers are removed here. Waits until they are
+/// runs for them any more, so their Activities' and pods' finalizers are removed here. Waits until they are
 /// gone. One bench runs on a cluster at a time: its measurements would mean little otherwise.
 pub async fn clear_leftovers(client: &Client) -> anyhow::Result<()> {
     let nss: Api<Namespace> = Api::all(client.clone());
@@ -191,6 +191,24 @@ pub async fn clear_leftovers(client: &Client) -> anyhow::Result<()> {
             .map(|act| {
                 let (acts, patch) = (&acts, &unfinalize);
                 async move { acts.patch(&act, &PatchParams::default(), patch).await.map(|_| ()).or_else(ignore_gone) }
+            })
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await?;
+        // The operator also holds each attempt's pod by a finalizer; gone, it releases none.
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &name);
+        let held: Vec<String> = pods
+            .list_metadata(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()))
+            .map(|p| p.name_any())
+            .collect();
+        futures::stream::iter(held)
+            .map(|pod| {
+                let (pods, patch) = (&pods, &unfinalize);
+                async move { pods.patch(&pod, &PatchParams::default(), patch).await.map(|_| ()).or_else(ignore_gone) }
             })
             .buffer_unordered(32)
             .try_collect::<Vec<()>>()
