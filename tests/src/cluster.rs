@@ -120,34 +120,39 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The chart as release `release` in namespace `ns`, watching `ns`, rendered for this
+    /// cluster's version (the chart may require one newer than helm assumes without a cluster);
+    /// `args` go to `helm template` after those.
+    pub fn render_chart(&self, release: &str, ns: &str, args: &[&str]) -> anyhow::Result<String> {
+        let version: serde_json::Value = serde_json::from_str(&self.kubectl(&["version", "-o", "json"])?)?;
+        let version = version["serverVersion"]["gitVersion"].as_str().context("no server version")?.to_string();
+        let watch = format!("watchNamespaces={{{ns}}}");
+        let mut all =
+            vec!["template", release, "charts/activity-operator", "--kube-version", &version, "--namespace", ns];
+        all.extend(["--set", watch.as_str()]);
+        all.extend_from_slice(args);
+        self.helm(&all)
+    }
+
     /// The operator's identity in `ns` exactly as the chart installs it: the chart's service
     /// account, Role and RoleBinding (rendered with `watchNamespaces={ns}`) applied in `ns`, and a
     /// kubeconfig that authenticates with a token of that account. Operators run with it, so a
     /// call the chart's RBAC does not allow fails here as it would for users.
     pub fn chart_kubeconfig(&self, ns: &str) -> anyhow::Result<PathBuf> {
-        // Rendered for this cluster's version: the chart may require one newer than helm assumes
-        // without a cluster.
-        let version: serde_json::Value = serde_json::from_str(&self.kubectl(&["version", "-o", "json"])?)?;
-        let version = version["serverVersion"]["gitVersion"].as_str().context("no server version")?.to_string();
-        let rendered = self.helm(&[
-            "template",
+        let rendered = self.render_chart(
             "activity-operator",
-            "charts/activity-operator",
-            "--kube-version",
-            &version,
-            "--namespace",
             ns,
-            "--set",
-            &format!("watchNamespaces={{{ns}}}"),
-            "--set",
-            "leaderElection.enabled=false",
-            "--set",
-            "replicaCount=1",
-            "--show-only",
-            "templates/serviceaccount.yaml",
-            "--show-only",
-            "templates/rbac.yaml",
-        ])?;
+            &[
+                "--set",
+                "leaderElection.enabled=false",
+                "--set",
+                "replicaCount=1",
+                "--show-only",
+                "templates/serviceaccount.yaml",
+                "--show-only",
+                "templates/rbac.yaml",
+            ],
+        )?;
         let manifest = crate::TempFile::write("chart-rbac", &rendered)?;
         self.kubectl(&["apply", "-n", ns, "-f", manifest.path()?])?;
         let token = self.kubectl(&["create", "token", OPERATOR_ACCOUNT, "-n", ns, "--duration=4h"])?;

@@ -157,6 +157,13 @@ fn phase_of(a: &Activity) -> Option<Phase> {
     a.status.as_ref().and_then(|s| s.phase)
 }
 
+/// A worker whose pod stays Pending: its node selector matches no node, so it never starts.
+fn never_scheduled() -> Value {
+    let mut template = shell("sleep 3600");
+    template["spec"]["nodeSelector"] = json!({"heartbeat.dev/no-such-node": "true"});
+    template
+}
+
 fn shell(script: &str) -> Value {
     json!({"spec": {"containers": [{"name": "worker", "image": "busybox", "command": ["sh", "-c", script]}]}})
 }
@@ -1157,13 +1164,10 @@ async fn a_reset_of_a_running_activity_stops_the_worker_and_starts_a_new_attempt
 #[tokio::test]
 async fn a_pod_deleted_before_it_started_while_the_operator_was_down_is_not_run_again() {
     let s = Scenario::new("op-unseen").await;
-    // A node selector no node matches: the pod stays Pending, its worker never starts.
-    let mut template = shell("sleep 3600");
-    template["spec"]["nodeSelector"] = json!({"heartbeat.dev/no-such-node": "true"});
     s.create(
         "u",
         json!({"startToCloseTimeout": "5m", "retryPolicy": {"initialInterval": "1s", "maximumAttempts": 2},
-               "template": template}),
+               "template": never_scheduled()}),
     )
     .await;
     let first = wait_for(Duration::from_secs(60), "pod u-1", || async { Ok(s.pods.get_opt("u-1").await?) })
@@ -1201,9 +1205,7 @@ async fn a_pod_deleted_before_it_started_while_the_operator_was_down_is_not_run_
 #[tokio::test]
 async fn the_held_pod_of_an_activity_removed_by_hand_is_released() {
     let s = Scenario::new("op-orphan").await;
-    let mut template = shell("sleep 3600");
-    template["spec"]["nodeSelector"] = json!({"heartbeat.dev/no-such-node": "true"});
-    s.create("o", json!({"startToCloseTimeout": "5m", "template": template})).await;
+    s.create("o", json!({"startToCloseTimeout": "5m", "template": never_scheduled()})).await;
     wait_for(Duration::from_secs(60), "pod o-1", || async { Ok(s.pods.get_opt("o-1").await?) }).await.expect("pod o-1");
     let strip = json!({"metadata": {"finalizers": null}});
     s.acts.patch("o", &PatchParams::default(), &Patch::Merge(&strip)).await.expect("strip finalizer");

@@ -219,14 +219,8 @@ impl<A: ClusterApi> Run<'_, A> {
         Ok(())
     }
 
-    /// Lets a pod go: its tracking finalizer is removed (a pod that is gone already counts).
     async fn release_pod(&self, name: &str) -> Result<(), Error> {
-        match self.ctx.api.release_pod(&self.id.namespace, name).await {
-            Ok(()) => self.ctx.metrics.write(WriteKind::PodRelease),
-            Err(e) if api_code(&e) == Some(404) => {}
-            Err(e) => return Err(kube_err("release pod")(e)),
-        }
-        Ok(())
+        release_pod(self.ctx, &self.id.namespace, name).await
     }
 
     async fn remove_finalizer(&mut self) -> Result<(), Error> {
@@ -255,4 +249,15 @@ impl<A: ClusterApi> Run<'_, A> {
         self.ctx.forget(&self.key);
         Ok(())
     }
+}
+
+/// Lets a pod go: its tracking finalizer is removed (a pod that is gone already counts).
+pub async fn release_pod<A: ClusterApi>(ctx: &Context<A>, namespace: &str, name: &str) -> Result<(), Error> {
+    ctx.may_write()?;
+    match ctx.api.release_pod(namespace, name).await {
+        Ok(()) => ctx.metrics.write(WriteKind::PodRelease),
+        Err(e) if api_code(&e) == Some(404) => {}
+        Err(e) => return Err(kube_err("release pod")(e)),
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use crate::model::pod_view::PodView;
 use crate::runtime::api::ClusterApi;
 use crate::runtime::context::{ActivityId, Context};
 use crate::runtime::error::{Error, kube_err};
-use crate::runtime::execute::{Executed, execute};
+use crate::runtime::execute::{Executed, execute, release_pod};
 use crate::runtime::memory::{OUTCOME_GRACE, PodKey};
 use crate::runtime::stalled;
 
@@ -188,12 +188,7 @@ pub async fn release_orphans<A: ClusterApi>(ctx: &Context<A>, namespace: &str, n
     let live = ctx.api.get_activity(namespace, name).await.map_err(kube_err("get activity"))?;
     let live_uid = live.and_then(|a| a.metadata.uid);
     for (pod, owner_uid) in tracked.iter().filter(|(_, uid)| live_uid.as_ref() != Some(uid)) {
-        ctx.may_write()?;
-        match ctx.api.release_pod(namespace, pod).await {
-            Ok(()) => ctx.metrics.write(crate::runtime::metrics::WriteKind::PodRelease),
-            Err(e) if crate::runtime::error::api_code(&e) == Some(404) => {}
-            Err(e) => return Err(kube_err("release pod")(e)),
-        }
+        release_pod(ctx, namespace, pod).await?;
         debug!(pod = %pod, owner = %owner_uid, "released the pod of an Activity that is gone");
     }
     Ok(())

@@ -377,19 +377,7 @@ pub struct Policies {
 
 impl Policies {
     pub fn install(cluster: &Cluster, ns: &str) -> anyhow::Result<Self> {
-        let version: Value = serde_json::from_str(&cluster.local.kubectl(&["version", "-o", "json"])?)?;
-        let version = version["serverVersion"]["gitVersion"].as_str().context("no server version")?.to_string();
-        let rendered = cluster.local.helm(&[
-            "template",
-            ns,
-            "charts/activity-operator",
-            "--kube-version",
-            &version,
-            "--namespace",
-            ns,
-            "--set",
-            &format!("watchNamespaces={{{ns}}}"),
-        ])?;
+        let rendered = cluster.local.render_chart(ns, ns, &[])?;
         let docs: Vec<&str> = rendered
             .split("\n---")
             .filter(|d| d.lines().any(|l| l.starts_with("kind: ValidatingAdmissionPolicy")))
