@@ -61,7 +61,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 The operator's rules on Activities, worker pods and events: in a ClusterRole when it watches every
-namespace, in a Role per namespace of watchNamespaces otherwise. Exactly what operator/src/controller.rs
+namespace, in a Role per namespace of watchNamespaces otherwise. Exactly what operator/src/runtime/api.rs
 calls; nothing else (no secrets, no configmaps, no wildcards).
 */}}
 {{- define "activity-operator.rules" -}}
@@ -89,12 +89,13 @@ calls; nothing else (no secrets, no configmaps, no wildcards).
 # of each attempt's pod; get reads the current attempt's pod when the cache does not show it yet
 # (before the attempt is judged on its absence); create starts an attempt's pod; patch stops the
 # pod of an attempt that ended (activeDeadlineSeconds and the heartbeat.dev/stopped-at annotation:
-# its containers stop, its logs stay); delete removes the pods of a canceled or deleted activity.
+# its containers stop, its logs stay) and removes its tracking finalizer
+# (heartbeat.dev/attempt-tracking) once the status records the attempt; delete removes the pods of a canceled or deleted activity.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Events on Activities (AttemptStarted, RetryScheduled, HeartbeatTimedOut, …): create records a
-# new event; patch bumps the series count of a repeated one (kube-rs' events Recorder).
+# new event; patch bumps the series count of a repeated one (operator/src/runtime/events.rs).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
