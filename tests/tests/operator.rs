@@ -784,7 +784,7 @@ async fn a_missing_worker_service_account_is_shown_on_the_activity_until_it_exis
     let stalled = conditions(&a).into_iter().find(|c| c.type_ == "Stalled").expect("condition");
     assert_eq!(stalled.reason, "WorkerServiceAccountMissing");
     assert!(
-        stalled.message.contains("activity-worker") && stalled.message.contains("watchNamespaces"),
+        stalled.message.contains("activity-worker") && stalled.message.contains("workerNamespaces"),
         "{}",
         stalled.message
     );

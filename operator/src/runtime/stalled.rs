@@ -68,9 +68,9 @@ pub fn problem_of(error: &Error, failures_before: u32) -> Option<Problem> {
         Some(403) if *action == "create pod" && missing_account => Problem::new(
             Reason::WorkerServiceAccountMissing,
             format!(
-                "the attempt's worker pod names a service account that does not exist ({message}). Install the \
-                 chart with this namespace in watchNamespaces (it creates the activity-worker account and its \
-                 Role there), or name an existing serviceAccountName in spec.template.spec"
+                "the attempt's worker pod names a service account that does not exist ({message}). Add this \
+                 namespace to the chart's workerNamespaces (it creates the worker account and its Role \
+                 there), or name an existing serviceAccountName in spec.template.spec"
             ),
         ),
         Some(403) if rbac => Problem::new(
