@@ -156,11 +156,17 @@ terminate_group() { # pgid grace-seconds description
 }
 
 start_component() { # component command...
-  local comp=$1 pid
+  local comp=$1 pid deadline=$((SECONDS + 5)) marker
   shift
+  marker=$(marker "$comp")
   setsid "$@" >"$logs/$comp.log" 2>&1 </dev/null &
   pid=$!
   echo "$pid" >"$pids/$comp.pid"
+  # Until it has exec'd, the child is the forked shell (then setsid): a check of its command line
+  # in between would take the component for dead. Bounded; a child that exits ends the wait.
+  while alive "$pid" && ! has_arg "$pid" "$marker" && ((SECONDS < deadline)); do
+    sleep 0.05
+  done
 }
 
 stop_component() { # component grace-seconds
