@@ -90,7 +90,8 @@ calls; nothing else (no secrets, no configmaps, no wildcards).
 # (before the attempt is judged on its absence); create starts an attempt's pod; patch stops the
 # pod of an attempt that ended (activeDeadlineSeconds and the heartbeat.dev/stopped-at annotation:
 # its containers stop, its logs stay) and removes its tracking finalizer
-# (heartbeat.dev/attempt-tracking) once the status records the attempt; delete removes the pods of a canceled or deleted activity.
+# (heartbeat.dev/attempt-tracking) once the status records the attempt; delete removes the pods
+# of a canceled or deleted activity.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
