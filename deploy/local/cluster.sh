@@ -108,6 +108,12 @@ has_arg() { # pid exact-argument
   grep -qxF -- "$2" <<<"$args"
 }
 
+first_arg() { # pid -> argv[0] of its command line
+  local arg
+  { IFS= read -r -d '' arg <"/proc/$1/cmdline"; } 2>/dev/null || return 1
+  echo "$arg"
+}
+
 recorded_pid() { # component -> its recorded pid (fails when none is recorded)
   local pid
   [[ -f $pids/$1.pid ]] || return 1
@@ -162,9 +168,12 @@ start_component() { # component command...
   setsid "$@" >"$logs/$comp.log" 2>&1 </dev/null &
   pid=$!
   echo "$pid" >"$pids/$comp.pid"
-  # Until it has exec'd, the child is the forked shell (then setsid): a check of its command line
-  # in between would take the component for dead. Bounded; a child that exits ends the wait.
-  while alive "$pid" && ! has_arg "$pid" "$marker" && ((SECONDS < deadline)); do
+  # The child is the forked shell, then setsid (whose arguments carry the marker too), then the
+  # component; while an exec is under way its command line can read empty. A check before the
+  # last exec would take the component for dead, so wait (bounded) until argv[0] is the command.
+  # A child that exits ends the wait.
+  while alive "$pid" && ! { [[ $(first_arg "$pid") == "$1" ]] && has_arg "$pid" "$marker"; } &&
+    ((SECONDS < deadline)); do
     sleep 0.05
   done
 }
